@@ -1,0 +1,332 @@
+"""Configuration: one model for the YAML file and for the EmailPipeline resource's spec.
+
+The data plane reads `PipelineSpec` from a YAML file; the operator reads the same model from the
+`spec` of an `EmailPipeline` resource, and `crds/` is generated from it. Keys are camelCase in
+both places. Connection URLs carry credentials, so they never appear in the spec: they come from
+environment variables (see `Connections`), which the operator fills from Secrets.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from mailpipe.errors import ConfigError
+
+GROUP_NAME_PATTERN = r"^[a-z][a-z0-9-]{0,39}$"
+# Five fields (minute hour day-of-month month day-of-week) or one of cron's @ shortcuts.
+CRON_PATTERN = (
+    r"^(@(yearly|annually|monthly|weekly|daily|hourly)"
+    r"|([0-9*/,\-]+\s+){4}[0-9A-Za-z*/,\-]+)$"
+)
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"
+
+
+class Model(BaseModel):
+    """Base of every configuration model: camelCase keys, unknown keys rejected, immutable."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+
+class SecretKeyRef(Model):
+    """A key of a Kubernetes Secret in the pipeline's namespace."""
+
+    name: Annotated[str, Field(min_length=1, max_length=253, description="Secret name.")]
+    key: Annotated[str, Field(min_length=1, max_length=253, description="Key inside the Secret.")]
+
+
+class SecretRefs(Model):
+    """Secrets holding the connection URL (with credentials) of each external service."""
+
+    mysql: SecretKeyRef = SecretKeyRef(name="mailpipe-mysql", key="url")
+    mongodb: SecretKeyRef = SecretKeyRef(name="mailpipe-mongodb", key="url")
+    smtp: SecretKeyRef = SecretKeyRef(name="mailpipe-smtp", key="url")
+    rabbitmq: Annotated[
+        SecretKeyRef | None,
+        Field(description="Broker URL; when unset, the operator uses the cluster it manages."),
+    ] = None
+
+
+class ResourceList(Model):
+    cpu: Annotated[str | None, Field(pattern=QUANTITY_PATTERN)] = None
+    memory: Annotated[str | None, Field(pattern=QUANTITY_PATTERN)] = None
+
+
+class Resources(Model):
+    """Container resource requests and limits, in Kubernetes quantity notation."""
+
+    requests: ResourceList = ResourceList()
+    limits: ResourceList = ResourceList()
+
+
+class Storage(Model):
+    size: Annotated[str, Field(pattern=QUANTITY_PATTERN, description="Volume size per node.")] = "10Gi"
+    storage_class_name: Annotated[
+        str | None, Field(description="StorageClass; the cluster default when unset.")
+    ] = None
+
+
+class RabbitMQCluster(Model):
+    """The RabbitMQ cluster that the operator runs as a StatefulSet."""
+
+    replicas: Annotated[int, Field(ge=1, le=9, description="RabbitMQ nodes.")] = 3
+    image: Annotated[str, Field(min_length=1)] = "rabbitmq:3.13-management"
+    storage: Storage = Storage()
+    resources: Resources = Resources(
+        requests=ResourceList(cpu="500m", memory="1Gi"),
+        limits=ResourceList(memory="2Gi"),
+    )
+    vhost: Annotated[str, Field(min_length=1)] = "/"
+    delivery_limit: Annotated[
+        int,
+        Field(ge=1, le=1000, description="Deliveries of one message before it is dead-lettered."),
+    ] = 20
+
+
+class ScheduledJob(Model):
+    schedule: Annotated[str, Field(pattern=CRON_PATTERN, description="Cron schedule.")]
+    chunk_size: Annotated[int, Field(ge=1, le=100_000, description="Documents per chunk.")] = 1000
+
+
+class PopulateJob(ScheduledJob):
+    schedule: Annotated[str, Field(pattern=CRON_PATTERN)] = "* * * * *"
+
+
+class PublishJob(ScheduledJob):
+    schedule: Annotated[str, Field(pattern=CRON_PATTERN)] = "* * * * *"
+
+
+class AuditJob(Model):
+    schedule: Annotated[str, Field(pattern=CRON_PATTERN)] = "*/15 * * * *"
+
+
+class HealthcheckJob(Model):
+    schedule: Annotated[str, Field(pattern=CRON_PATTERN)] = "*/5 * * * *"
+
+
+class RetryPolicy(Model):
+    """Delivery attempts per email and the delay between them (exponential, capped)."""
+
+    max_attempts: Annotated[int, Field(ge=1, le=20, description="Attempts in all, the first included.")] = 5
+    initial_delay_seconds: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    multiplier: Annotated[float, Field(ge=1, le=10)] = 2.0
+    max_delay_seconds: Annotated[float, Field(gt=0, le=3600)] = 300.0
+
+    @model_validator(mode="after")
+    def _initial_delay_within_max(self) -> RetryPolicy:
+        if self.initial_delay_seconds > self.max_delay_seconds:
+            raise ValueError("initialDelaySeconds must not exceed maxDelaySeconds")
+        return self
+
+
+class Scaling(Model):
+    """Who scales a group's consumers: the operator from the backlog, an HPA, KEDA, or nobody."""
+
+    mode: Literal["operator", "hpa", "keda", "none"] = "operator"
+    cooldown_seconds: Annotated[
+        int, Field(ge=0, le=86_400, description="Minimum time between two scale-downs.")
+    ] = 300
+
+
+class EmailGroup(Model):
+    """One email group: its own queue and its own consumers."""
+
+    name: Annotated[str, Field(pattern=GROUP_NAME_PATTERN, description="Group and queue name.")]
+    min_consumers: Annotated[int, Field(ge=0, le=1000)] = 1
+    max_consumers: Annotated[int, Field(ge=1, le=1000)] = 10
+    target_backlog_per_consumer: Annotated[
+        int, Field(ge=1, le=10_000_000, description="Ready plus unacked messages per consumer.")
+    ] = 1000
+    prefetch: Annotated[int, Field(ge=1, le=10_000, description="Unacked deliveries per consumer.")] = 100
+    scaling: Scaling = Scaling()
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> EmailGroup:
+        if self.min_consumers > self.max_consumers:
+            raise ValueError("minConsumers must not exceed maxConsumers")
+        return self
+
+
+def default_groups() -> list[EmailGroup]:
+    return [
+        EmailGroup(name="announcements", min_consumers=3, max_consumers=10),
+        EmailGroup(name="transactional", min_consumers=1, max_consumers=5, prefetch=20),
+    ]
+
+
+class Sender(Model):
+    """Who the emails come from, and the domain of their Message-IDs."""
+
+    from_address: Annotated[str, Field(min_length=3, max_length=320)] = "news@mailpipe.example"
+    from_name: Annotated[str, Field(max_length=200)] = "Mailpipe"
+    reply_to: Annotated[str | None, Field(max_length=320)] = None
+    message_id_domain: Annotated[str, Field(min_length=1, max_length=253)] = "mailpipe.example"
+
+
+class Smtp(Model):
+    security: Annotated[
+        Literal["none", "starttls", "tls"],
+        Field(description="Plain, STARTTLS after connecting, or TLS from the first byte."),
+    ] = "none"
+    timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 30.0
+    max_message_bytes: Annotated[
+        int, Field(ge=1024, le=100_000_000, description="Larger rendered messages fail for good.")
+    ] = 1_000_000
+
+
+class Notifications(Model):
+    """Team addresses for the dequeued-mail audit and failed healthchecks."""
+
+    recipients: Annotated[list[str], Field(max_length=50)] = []
+    from_address: Annotated[str, Field(min_length=3, max_length=320)] = "mailpipe@mailpipe.example"
+
+
+class Monitoring(Model):
+    metrics_port: Annotated[int, Field(ge=1024, le=65_535)] = 9100
+    service_monitor: Annotated[bool, Field(description="Create a ServiceMonitor when its CRD exists.")] = True
+    prometheus_rule: Annotated[bool, Field(description="Create a PrometheusRule when its CRD exists.")] = True
+    pushgateway_url: Annotated[str | None, Field(description="Where short jobs push their metrics.")] = None
+
+
+class PipelineSpec(Model):
+    """Everything one pipeline needs: the YAML file and the EmailPipeline spec alike."""
+
+    image: Annotated[str, Field(min_length=1, description="Mailpipe worker image.")] = (
+        "ghcr.io/mailpipe/mailpipe:0.1.0"
+    )
+    paused: Annotated[bool, Field(description="Stop reconciling; running objects are left as they are.")] = False
+    rabbitmq: RabbitMQCluster = RabbitMQCluster()
+    secrets: SecretRefs = SecretRefs()
+    populate: PopulateJob = PopulateJob()
+    publish: PublishJob = PublishJob()
+    audit_dequeued: AuditJob = AuditJob()
+    healthcheck: HealthcheckJob = HealthcheckJob()
+    retry: RetryPolicy = RetryPolicy()
+    groups: Annotated[list[EmailGroup], Field(min_length=1, max_length=50)] = Field(default_factory=default_groups)
+    sender: Sender = Sender()
+    smtp: Smtp = Smtp()
+    notifications: Notifications = Notifications()
+    monitoring: Monitoring = Monitoring()
+
+    @field_validator("groups")
+    @classmethod
+    def _group_names_unique(cls, groups: list[EmailGroup]) -> list[EmailGroup]:
+        names = [group.name for group in groups]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"group names must be unique; repeated: {', '.join(duplicates)}")
+        return groups
+
+    def group(self, name: str) -> EmailGroup:
+        for group in self.groups:
+            if group.name == name:
+                return group
+        known = ", ".join(group.name for group in self.groups)
+        raise ConfigError(f"unknown email group {name!r}; configured groups: {known}")
+
+
+# Environment variables holding connection URLs, and the defaults that match `make services`.
+ENVIRONMENT_DEFAULTS: Mapping[str, str] = {
+    "MAILPIPE_MYSQL_URL": "mysql://mailpipe:mailpipe@127.0.0.1:13306/mailpipe_app",
+    "MAILPIPE_MONGODB_URL": "mongodb://127.0.0.1:27018/mailpipe",
+    "MAILPIPE_RABBITMQ_URL": "amqp://guest:guest@127.0.0.1:5673/%2F",
+    "MAILPIPE_RABBITMQ_API_URLS": "http://guest:guest@127.0.0.1:15673",
+    "MAILPIPE_SMTP_URL": "smtp://127.0.0.1:1025",
+}
+
+
+class Connections(Model):
+    """Connection URLs of the external services; they may carry credentials, so never log them."""
+
+    mysql_url: str
+    mongodb_url: str
+    rabbitmq_url: str
+    rabbitmq_api_urls: list[str]
+    smtp_url: str
+    pushgateway_url: str | None = None
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str]) -> Connections:
+        def read(name: str) -> str:
+            return environ.get(name) or ENVIRONMENT_DEFAULTS[name]
+
+        api_urls = [url.strip() for url in read("MAILPIPE_RABBITMQ_API_URLS").split(",") if url.strip()]
+        return cls(
+            mysql_url=read("MAILPIPE_MYSQL_URL"),
+            mongodb_url=read("MAILPIPE_MONGODB_URL"),
+            rabbitmq_url=read("MAILPIPE_RABBITMQ_URL"),
+            rabbitmq_api_urls=api_urls,
+            smtp_url=read("MAILPIPE_SMTP_URL"),
+            pushgateway_url=environ.get("MAILPIPE_PUSHGATEWAY_URL") or None,
+        )
+
+
+class Config(Model):
+    """A loaded configuration: the pipeline spec plus the connections from the environment."""
+
+    spec: PipelineSpec
+    connections: Connections
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """Render pydantic's errors as one line per key, in the file's own key spelling."""
+    lines = []
+    for item in error.errors():
+        location = ""
+        for part in item["loc"]:
+            location += f"[{part}]" if isinstance(part, int) else (f".{part}" if location else str(part))
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{location or '(top level)'}: {message}")
+    return "; ".join(lines)
+
+
+def parse_spec(data: Mapping[str, Any] | None, *, source: str) -> PipelineSpec:
+    """Validate a spec mapping (from YAML or from a resource), naming every bad key on failure."""
+    try:
+        return PipelineSpec.model_validate(dict(data or {}))
+    except ValidationError as error:
+        raise ConfigError(f"invalid configuration in {source}: {describe_validation_error(error)}") from error
+
+
+def load_config(path: str | os.PathLike[str] | None, *, environ: Mapping[str, str] | None = None) -> Config:
+    """Load the YAML file at `path` (defaults alone when None) and the connections from `environ`."""
+    environment = os.environ if environ is None else environ
+    data: Any = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as error:
+            raise ConfigError(f"cannot read configuration file {source}: {error.strerror}") from error
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"configuration file {source} is not valid YAML: {error}") from error
+        if not isinstance(data, dict):
+            raise ConfigError(f"configuration file {source} must hold a mapping of keys, not {type(data).__name__}")
+    spec = parse_spec(data, source=source)
+    try:
+        connections = Connections.from_environment(environment)
+    except ValidationError as error:
+        raise ConfigError(f"invalid connection settings: {describe_validation_error(error)}") from error
+    return Config(spec=spec, connections=connections)
+
+
+def redact_url(url: str) -> str:
+    """Hide the password of a URL so that it can be logged."""
+    return re.sub(r"(//[^:/@]+):[^@/]*@", r"\1:***@", url)
