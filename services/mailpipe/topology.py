@@ -65,7 +65,7 @@ def group_queues(group: str, *, spec: PipelineSpec) -> list[QueueDefinition]:
                 "x-dead-letter-routing-key": work_queue_name(group),
             },
         )
-        for attempt in range(1, spec.retry.max_attempts)
+        for attempt in range(1, max(2, spec.retry.max_attempts))
     ]
     return [work, dead, *retries]
 

@@ -1,0 +1,299 @@
+"""MongoDB store of email documents: `cron_emails`, `dequeued_mails` and the pipeline's bookkeeping.
+
+Collections:
+- `cron_emails`: one document per email, `_id` derived from its source row, so inserting the same
+  email twice is a duplicate-key error and never a second email.
+- `dequeued_mails`: the whole document of every email that failed for good, with every reason.
+- `populate_cursors`: how far populate has read each source.
+- `publish_batches`: chunks whose ids are being published; a batch left here by a publisher that
+  died is published again by the next run (the consumer's claims make that harmless).
+- `delivery_claims`: one document per (email, attempt); inserting it is the atomic claim that keeps
+  a redelivered or doubly published id from being sent twice.
+
+Only operations that FerretDB 1.24 supports are used: no transactions, no change streams. Two of
+its limits shape this module. Filters other than exactly `{"_id": value}` are evaluated by
+scanning, so hot paths look documents up one `_id` at a time. An update command with about 100
+statements or more deadlocks FerretDB's SQLite back end (each statement holds a pooled
+connection until the command ends), so bulk writes go out in batches of `BULK_BATCH_SIZE`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import pymongo
+import pymongo.errors
+from pymongo import InsertOne, UpdateOne
+
+from mailpipe.errors import ServiceUnavailableError
+
+log = logging.getLogger(__name__)
+
+BULK_BATCH_SIZE = 50
+DUPLICATE_KEY = 11000
+
+
+@dataclass(frozen=True)
+class InsertCounts:
+    created: int
+    duplicates: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one delivery attempt did to one email, for `record_outcomes`."""
+
+    email_id: str
+    status: str  # "sent", "retrying" or "dequeued"
+    at: datetime
+    attempt: int
+    reason: str | None = None
+    smtp_code: int | None = None
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+class MailStore:
+    def __init__(self, url: str, *, database: str | None = None, timeout_seconds: float = 30.0) -> None:
+        timeout_ms = int(timeout_seconds * 1000)
+        self._client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+            url,
+            tz_aware=True,
+            serverSelectionTimeoutMS=timeout_ms,
+            connectTimeoutMS=timeout_ms,
+            socketTimeoutMS=timeout_ms,
+        )
+        name = database or urlsplit(url).path.strip("/") or "mailpipe"
+        self.database = self._client[name]
+        self.emails = self.database["cron_emails"]
+        self.dequeued = self.database["dequeued_mails"]
+        self.cursors = self.database["populate_cursors"]
+        self.batches = self.database["publish_batches"]
+        self.claims = self.database["delivery_claims"]
+
+    def close(self) -> None:
+        self._client.close()
+
+    def ensure_indexes(self) -> None:
+        """Create the indexes that a MongoDB server uses for the pending-email query."""
+        with _translated("creating indexes"):
+            self.emails.create_index([("status", 1), ("group", 1)], name="status_group")
+
+    # --- populate -------------------------------------------------------------------------
+
+    def insert_emails(self, documents: Sequence[Mapping[str, Any]]) -> InsertCounts:
+        """Insert new email documents; documents whose `_id` exists already count as duplicates."""
+        created = 0
+        duplicates = 0
+        for batch in _batches(documents, 1000):
+            try:
+                result = self.emails.insert_many(list(batch), ordered=False)
+                created += len(result.inserted_ids)
+            except pymongo.errors.BulkWriteError as error:
+                errors = error.details.get("writeErrors", [])
+                others = [item for item in errors if item.get("code") != DUPLICATE_KEY]
+                if others:
+                    raise ServiceUnavailableError(f"inserting emails failed: {others[0].get('errmsg')}") from error
+                duplicates += len(errors)
+                created += int(error.details.get("nInserted", len(batch) - len(errors)))
+            except pymongo.errors.PyMongoError as error:
+                raise ServiceUnavailableError(f"inserting emails failed: {error}") from error
+        return InsertCounts(created=created, duplicates=duplicates)
+
+    def read_cursor(self, name: str) -> dict[str, Any] | None:
+        with _translated("reading a populate cursor"):
+            return self.cursors.find_one({"_id": name})
+
+    def write_cursor(self, name: str, **fields: Any) -> None:
+        with _translated("writing a populate cursor"):
+            self.cursors.update_one({"_id": name}, {"$set": {**fields, "updated_at": now_utc()}}, upsert=True)
+
+    # --- publish --------------------------------------------------------------------------
+
+    def pending_emails(self, group: str, *, limit: int) -> list[dict[str, Any]]:
+        """Return up to `limit` pending emails of a group, in insertion order."""
+        with _translated("reading pending emails"):
+            return list(self.emails.find({"status": "pending", "group": group}).limit(limit))
+
+    def open_publish_batch(self, batch_id: str, *, group: str, email_ids: Sequence[str]) -> None:
+        with _translated("opening a publish batch"):
+            self.batches.insert_one({"_id": batch_id, "group": group, "ids": list(email_ids), "opened_at": now_utc()})
+
+    def close_publish_batch(self, batch_id: str) -> None:
+        with _translated("closing a publish batch"):
+            self.batches.delete_one({"_id": batch_id})
+
+    def open_publish_batches(self, group: str) -> list[dict[str, Any]]:
+        """Return the batches of a group that a publisher opened and never closed."""
+        with _translated("reading open publish batches"):
+            return [batch for batch in self.batches.find({}) if batch.get("group") == group]
+
+    def bake_emails(self, baked: Mapping[str, Mapping[str, Any]]) -> None:
+        """Store each email's finished message and mark it queued, by `_id`."""
+        operations = [
+            UpdateOne({"_id": email_id}, {"$set": {**fields, "status": "queued"}}) for email_id, fields in baked.items()
+        ]
+        self._bulk_write(self.emails, operations, "storing rendered emails")
+
+    # --- consume --------------------------------------------------------------------------
+
+    def claim(self, keys: Sequence[tuple[str, int]], *, consumer: str) -> set[tuple[str, int]]:
+        """Claim (email id, attempt) pairs; return those this call claimed first.
+
+        The unique `_id` of `delivery_claims` makes each claim atomic: of two consumers that get the
+        same id for the same attempt, exactly one insert succeeds.
+        """
+        if not keys:
+            return set()
+        now = now_utc()
+        documents = [
+            {"_id": f"{email_id}#{attempt}", "email_id": email_id, "attempt": attempt, "consumer": consumer, "claimed_at": now}
+            for email_id, attempt in keys
+        ]
+        lost: set[str] = set()
+        for batch in _batches(documents, 1000):
+            try:
+                self.claims.insert_many(list(batch), ordered=False)
+            except pymongo.errors.BulkWriteError as error:
+                for item in error.details.get("writeErrors", []):
+                    if item.get("code") != DUPLICATE_KEY:
+                        raise ServiceUnavailableError(f"claiming emails failed: {item.get('errmsg')}") from error
+                    lost.add(batch[item["index"]]["_id"])
+            except pymongo.errors.PyMongoError as error:
+                raise ServiceUnavailableError(f"claiming emails failed: {error}") from error
+        return {key for key in keys if f"{key[0]}#{key[1]}" not in lost}
+
+    def claim_of(self, email_id: str, attempt: int) -> dict[str, Any] | None:
+        with _translated("reading a claim"):
+            return self.claims.find_one({"_id": f"{email_id}#{attempt}"})
+
+    def emails_by_id(self, email_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        with _translated("reading emails"):
+            for email_id in email_ids:
+                # One look-up per id: FerretDB uses the _id index only for exactly {"_id": value}.
+                document = self.emails.find_one({"_id": email_id})
+                if document is not None:
+                    found[email_id] = document
+        return found
+
+    def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
+        """Record attempts and final states, one update per email, by `_id`."""
+        operations = []
+        for outcome in outcomes:
+            fields: dict[str, Any] = {"status": outcome.status, "attempt_count": outcome.attempt}
+            if outcome.status == "sent":
+                fields["sent_at"] = outcome.at
+                fields["smtp_reply"] = outcome.reason
+                update: dict[str, Any] = {"$set": fields}
+            else:
+                update = {
+                    "$set": fields,
+                    "$push": {
+                        "attempts": {
+                            "attempt": outcome.attempt,
+                            "at": outcome.at,
+                            "reason": outcome.reason,
+                            "smtp_code": outcome.smtp_code,
+                        }
+                    },
+                }
+            operations.append(UpdateOne({"_id": outcome.email_id}, update))
+        self._bulk_write(self.emails, operations, "recording delivery outcomes")
+
+    # --- dequeue --------------------------------------------------------------------------
+
+    def dequeue(self, documents: Sequence[Mapping[str, Any]], *, stage: str) -> None:
+        """Save failed emails whole in `dequeued_mails` and mark them dequeued.
+
+        Each document must already carry its final `attempts` list and `dequeue_reason`. Saving
+        twice (a redelivery after a crash) keeps the first copy.
+        """
+        if not documents:
+            return
+        now = now_utc()
+        copies = [
+            InsertOne(
+                {
+                    "_id": document["_id"],
+                    "group": document.get("group"),
+                    "stage": stage,
+                    "reason": document.get("dequeue_reason"),
+                    "attempts": document.get("attempts", []),
+                    "email": dict(document),
+                    "dequeued_at": now,
+                }
+            )
+            for document in documents
+        ]
+        self._bulk_write(self.dequeued, copies, "saving dequeued emails", ignore_duplicates=True)
+        marks = [
+            UpdateOne(
+                {"_id": document["_id"]},
+                {
+                    "$set": {
+                        "status": "dequeued",
+                        "dequeued_at": now,
+                        "dequeue_reason": document.get("dequeue_reason"),
+                        "attempts": document.get("attempts", []),
+                    }
+                },
+            )
+            for document in documents
+        ]
+        self._bulk_write(self.emails, marks, "marking emails dequeued")
+
+    # --- reporting ------------------------------------------------------------------------
+
+    def count_by_status(self, group: str | None = None) -> dict[str, int]:
+        pipeline: list[dict[str, Any]] = []
+        if group is not None:
+            pipeline.append({"$match": {"group": group}})
+        pipeline.append({"$group": {"_id": "$status", "count": {"$sum": 1}}})
+        with _translated("counting emails"):
+            return {row["_id"]: row["count"] for row in self.emails.aggregate(pipeline)}
+
+    def _bulk_write(
+        self,
+        collection: pymongo.collection.Collection[dict[str, Any]],
+        operations: Sequence[Any],
+        action: str,
+        *,
+        ignore_duplicates: bool = False,
+    ) -> None:
+        for batch in _batches(operations, BULK_BATCH_SIZE):
+            try:
+                collection.bulk_write(list(batch), ordered=False)
+            except pymongo.errors.BulkWriteError as error:
+                errors = error.details.get("writeErrors", [])
+                unexpected = [item for item in errors if not (ignore_duplicates and item.get("code") == DUPLICATE_KEY)]
+                if unexpected:
+                    raise ServiceUnavailableError(f"{action} failed: {unexpected[0].get('errmsg')}") from error
+            except pymongo.errors.PyMongoError as error:
+                raise ServiceUnavailableError(f"{action} failed: {error}") from error
+
+
+class _translated:
+    """Context manager turning pymongo errors into ServiceUnavailableError naming the action."""
+
+    def __init__(self, action: str) -> None:
+        self._action = action
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: object) -> None:
+        if isinstance(error, pymongo.errors.PyMongoError):
+            raise ServiceUnavailableError(f"{self._action} failed: {error}") from error

@@ -1,0 +1,1 @@
+"""Roles: one module per job (populate, publish, consume, audit, healthcheck) over narrow interfaces."""

@@ -1,0 +1,270 @@
+"""consume GROUP: take ids from the group's queue in FIFO order, send each email over SMTP and
+record the outcome, then acknowledge.
+
+Per batch of deliveries (up to the group's prefetch):
+1. Claim each (email id, attempt) by inserting into `delivery_claims`; only the first insert wins,
+   so an id delivered twice, or to two consumers, is sent at most once per attempt.
+2. Send every claimed email over the kept-open SMTP connection.
+3. Record the outcomes (sent, retrying, dequeued) in MongoDB, publish retries to the delay queue
+   for their attempt (with publisher confirms), and only then acknowledge the deliveries.
+
+A consumer that dies before step 3 leaves its deliveries unacknowledged, and RabbitMQ delivers
+them again. A redelivered email whose outcome was recorded is acknowledged without sending. One
+whose claim exists but whose outcome was never recorded may have been accepted by the SMTP server
+just before the consumer died. It is not sent again: after a grace period it is dequeued with the
+reason "outcome unknown", so that a person can check and resend it. This keeps the promise of
+never sending twice at the cost of a rare email that needs a look.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from mailpipe import metrics
+from mailpipe.adapters.mongo import Outcome, now_utc
+from mailpipe.adapters.rabbitmq import Delivery
+from mailpipe.adapters.smtp import Accepted
+from mailpipe.backoff import backoff_delay_seconds
+from mailpipe.config import PipelineSpec
+from mailpipe.errors import PermanentError, RetryableError
+from mailpipe.topology import group_queues, retry_queue_name, work_queue_name
+
+log = logging.getLogger(__name__)
+
+
+
+class ConsumeStore(Protocol):
+    def claim(self, keys: list[tuple[str, int]], *, consumer: str) -> set[tuple[str, int]]: ...
+    def claim_of(self, email_id: str, attempt: int) -> dict[str, Any] | None: ...
+    def emails_by_id(self, email_ids: list[str]) -> dict[str, dict[str, Any]]: ...
+    def record_outcomes(self, outcomes: list[Outcome]) -> None: ...
+    def dequeue(self, documents: list[dict[str, Any]], *, stage: str) -> None: ...
+
+
+class ConsumeQueue(Protocol):
+    def declare(self, queues: Any) -> None: ...
+    def consume_batches(self, queue: str, *, prefetch: int, max_wait_seconds: float = ...) -> Any: ...
+    def cancel_consumer(self) -> None: ...
+    def ack(self, delivery_tags: list[int]) -> None: ...
+    def publish_ids(
+        self, queue: str, email_ids: list[str], *, attempt: int = ..., expiration_ms: int | None = ...
+    ) -> None: ...
+    def serve_heartbeats(self) -> None: ...
+
+
+class Transport(Protocol):
+    def send(self, *, envelope_from: str, envelope_to: str, message: bytes, smtputf8: bool) -> Accepted: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class ConsumeResult:
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, outcome: str, amount: int = 1) -> None:
+        self.counts[outcome] = self.counts.get(outcome, 0) + amount
+
+
+@dataclass
+class _BatchWork:
+    """What one batch decided, applied together at its end."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    retries: list[tuple[str, int, float]] = field(default_factory=list)  # id, next attempt, delay
+    dequeued: list[dict[str, Any]] = field(default_factory=list)
+    acks: list[int] = field(default_factory=list)
+
+
+class Consumer:
+    def __init__(
+        self,
+        group: str,
+        *,
+        spec: PipelineSpec,
+        store: ConsumeStore,
+        queue: ConsumeQueue,
+        transport: Transport,
+        name: str,
+        clock: Callable[[], datetime] = now_utc,
+        draw: Callable[[], float] = random.random,
+    ) -> None:
+        self.group = group
+        self.spec = spec
+        self.settings = spec.group(group)
+        self.store = store
+        self.queue = queue
+        self.transport = transport
+        self.name = name
+        self.clock = clock
+        self.draw = draw
+        self.result = ConsumeResult()
+        # A claim younger than this may belong to a consumer that is still sending it.
+        self.in_flight_grace = timedelta(seconds=2 * spec.smtp.timeout_seconds + 10)
+
+    def run(self, *, should_stop: Callable[[], bool], idle_exit_seconds: float | None = None) -> ConsumeResult:
+        """Consume until `should_stop()` is true (checked between batches), or until the queue has
+        been idle for `idle_exit_seconds` when that is given (tests, the benchmark)."""
+        self.queue.declare(group_queues(self.group, spec=self.spec))
+        log.info("consume: %s consuming group %s (prefetch %d)", self.name, self.group, self.settings.prefetch)
+        idle_since = time.monotonic()
+        try:
+            for batch in self.queue.consume_batches(work_queue_name(self.group), prefetch=self.settings.prefetch):
+                if batch:
+                    self.handle_batch(batch)
+                    idle_since = time.monotonic()
+                elif idle_exit_seconds is not None and time.monotonic() - idle_since > idle_exit_seconds:
+                    break
+                if should_stop():
+                    break
+        finally:
+            self.queue.cancel_consumer()
+            self.transport.close()
+        log.info("consume: %s stopped; outcomes %s", self.name, self.result.counts)
+        return self.result
+
+    def handle_batch(self, batch: list[Delivery]) -> None:
+        work = _BatchWork()
+        valid: list[Delivery] = []
+        for delivery in batch:
+            if delivery.email_id is None:
+                log.warning("consume: dropping malformed message %r from queue %s", delivery.raw_body, self.group)
+                self._count("malformed")
+                work.acks.append(delivery.delivery_tag)
+            else:
+                valid.append(delivery)
+
+        keys = [(delivery.email_id or "", delivery.attempt) for delivery in valid]
+        claimed = self.store.claim(keys, consumer=self.name)
+        documents = self.store.emails_by_id([key[0] for key in keys])
+
+        for delivery in valid:
+            email_id = delivery.email_id or ""
+            document = documents.get(email_id)
+            if document is None:
+                log.warning("consume: email %s not found in cron_emails; dropping its message", email_id)
+                self._count("missing")
+            elif (email_id, delivery.attempt) in claimed:
+                self._deliver(delivery, document, work)
+                self.queue.serve_heartbeats()
+            else:
+                self._handle_unclaimed(delivery, document, work)
+            work.acks.append(delivery.delivery_tag)
+
+        self._apply(work)
+
+    def _deliver(self, delivery: Delivery, document: dict[str, Any], work: _BatchWork) -> None:
+        email_id = document["_id"]
+        if document.get("status") in ("sent", "dequeued"):
+            self._count("duplicate")
+            return
+        if "message" not in document:
+            # Not rendered yet: the publisher marks an email queued only after storing its message.
+            log.warning("consume: email %s has no rendered message (status %s); skipping", email_id, document.get("status"))
+            self._count("missing")
+            return
+        started = time.perf_counter()
+        try:
+            accepted = self.transport.send(
+                envelope_from=document["envelope_from"],
+                envelope_to=document["envelope_to"],
+                message=bytes(document["message"]),
+                smtputf8=bool(document.get("smtputf8")),
+            )
+        except RetryableError as error:
+            self._fail(delivery, document, error, work, retryable=True)
+            return
+        except PermanentError as error:
+            self._fail(delivery, document, error, work, retryable=False)
+            return
+        finally:
+            metrics.SEND_DURATION.labels(group=self.group).observe(time.perf_counter() - started)
+        now = self.clock()
+        work.outcomes.append(Outcome(email_id=email_id, status="sent", at=now, attempt=delivery.attempt, reason=accepted.reply))
+        requested_at = document.get("requested_at")
+        if isinstance(requested_at, datetime):
+            metrics.END_TO_END_LATENCY.labels(group=self.group).observe(max(0.0, (now - requested_at).total_seconds()))
+        self._count("sent")
+
+    def _fail(
+        self, delivery: Delivery, document: dict[str, Any], error: RetryableError | PermanentError,
+        work: _BatchWork, *, retryable: bool,
+    ) -> None:
+        email_id = document["_id"]
+        now = self.clock()
+        attempt = delivery.attempt
+        if retryable and attempt < self.spec.retry.max_attempts:
+            delay = backoff_delay_seconds(attempt, policy=self.spec.retry, random_value=self.draw())
+            log.info(
+                "consume: email %s attempt %d/%d failed (%s); retrying in %.1f s",
+                email_id, attempt, self.spec.retry.max_attempts, error.reason, delay,
+            )
+            work.outcomes.append(Outcome(email_id, "retrying", now, attempt, error.reason, error.smtp_code))
+            work.retries.append((email_id, attempt + 1, delay))
+            metrics.RETRIES.labels(group=self.group).inc()
+            self._count("retried")
+            return
+        why = "attempts exhausted" if retryable else "permanent failure"
+        log.warning("consume: email %s dequeued after attempt %d (%s): %s", email_id, attempt, why, error.reason)
+        self._dequeue(document, attempt=attempt, reason=error.reason, smtp_code=error.smtp_code, at=now, work=work)
+
+    def _handle_unclaimed(self, delivery: Delivery, document: dict[str, Any], work: _BatchWork) -> None:
+        """Decide about an id whose claim for this attempt another delivery took first."""
+        email_id = document["_id"]
+        recorded_attempts = int(document.get("attempt_count", 0))
+        if document.get("status") in ("sent", "dequeued") or recorded_attempts >= delivery.attempt:
+            # This attempt's outcome is recorded: the delivery is a duplicate.
+            self._count("duplicate")
+            return
+        claim = self.store.claim_of(email_id, delivery.attempt)
+        claimed_at = claim.get("claimed_at") if claim else None
+        now = self.clock()
+        if isinstance(claimed_at, datetime) and now - claimed_at < self.in_flight_grace:
+            # The claimer may still be sending: look again after a delay, without a new attempt.
+            delay = self.spec.retry.initial_delay_seconds
+            work.retries.append((email_id, delivery.attempt, delay))
+            self._count("recheck")
+            return
+        owner = claim.get("consumer") if claim else "unknown"
+        reason = (
+            f"outcome unknown: consumer {owner} claimed attempt {delivery.attempt} and stopped before recording"
+            " a result; not sent again, to avoid a duplicate"
+        )
+        log.warning("consume: email %s: %s", email_id, reason)
+        self._dequeue(document, attempt=delivery.attempt, reason=reason, smtp_code=None, at=now, work=work)
+
+    def _dequeue(
+        self, document: dict[str, Any], *, attempt: int, reason: str, smtp_code: int | None, at: datetime, work: _BatchWork
+    ) -> None:
+        failed = dict(document)
+        failed["attempts"] = [
+            *document.get("attempts", []),
+            {"attempt": attempt, "at": at, "reason": reason, "smtp_code": smtp_code},
+        ]
+        failed["dequeue_reason"] = reason
+        failed["attempt_count"] = attempt
+        work.dequeued.append(failed)
+        metrics.DEQUEUED.labels(group=self.group, stage="consume").inc()
+        self._count("dequeued")
+
+    def _apply(self, work: _BatchWork) -> None:
+        # Order matters: outcomes and retries are durable before the deliveries are acknowledged.
+        self.store.record_outcomes(work.outcomes)
+        for email_id, attempt, delay in work.retries:
+            self.queue.publish_ids(
+                retry_queue_name(self.group, min(max(attempt - 1, 1), self.spec.retry.max_attempts - 1)),
+                [email_id],
+                attempt=attempt,
+                expiration_ms=max(1, int(delay * 1000)),
+            )
+        self.store.dequeue(work.dequeued, stage="consume")
+        self.queue.ack(work.acks)
+
+    def _count(self, outcome: str) -> None:
+        self.result.add(outcome)
+        metrics.DELIVERIES.labels(group=self.group, outcome=outcome).inc()

@@ -1,0 +1,199 @@
+"""publish: the middle-level publisher. Takes a group's pending emails in chunks, renders each
+into its finished message, stores it in the document and publishes the ids to the group's queue.
+
+Per chunk: one look-up of users and one of templates (`WHERE id IN (...)`), never one per email.
+Crash safety: the chunk's ids are journaled in `publish_batches` before they are marked queued and
+published, and the journal entry is removed only after RabbitMQ confirmed every id. A publisher
+killed mid-chunk leaves its entry behind; the next run publishes that batch's queued ids again.
+Ids already published then sit in the queue twice, and the consumer's claims send each email once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from mailpipe import metrics
+from mailpipe.adapters.mongo import now_utc
+from mailpipe.adapters.mysql import Template, User
+from mailpipe.config import PipelineSpec
+from mailpipe.errors import PermanentError
+from mailpipe.mail.compose import compose_email, make_message_id, validate_address
+from mailpipe.mail.render import TemplateRenderer, TemplateSource
+from mailpipe.topology import work_queue_name
+
+log = logging.getLogger(__name__)
+
+
+class LookupSource(Protocol):
+    def users_by_id(self, user_ids: list[int]) -> dict[int, User]: ...
+    def templates_by_id(self, template_ids: list[int]) -> dict[int, Template]: ...
+
+
+class PublishStore(Protocol):
+    def pending_emails(self, group: str, *, limit: int) -> list[dict[str, Any]]: ...
+    def open_publish_batch(self, batch_id: str, *, group: str, email_ids: list[str]) -> None: ...
+    def close_publish_batch(self, batch_id: str) -> None: ...
+    def open_publish_batches(self, group: str) -> list[dict[str, Any]]: ...
+    def bake_emails(self, baked: dict[str, dict[str, Any]]) -> None: ...
+    def emails_by_id(self, email_ids: list[str]) -> dict[str, dict[str, Any]]: ...
+    def dequeue(self, documents: list[dict[str, Any]], *, stage: str) -> None: ...
+
+
+class IdPublisher(Protocol):
+    def publish_ids(self, queue: str, email_ids: list[str]) -> None: ...
+
+
+@dataclass
+class PublishResult:
+    queued: int = 0
+    failed: int = 0
+    republished: int = 0
+    chunks: int = 0
+
+
+def publish_group(
+    group: str,
+    *,
+    lookups: LookupSource,
+    store: PublishStore,
+    queue: IdPublisher,
+    spec: PipelineSpec,
+    renderer: TemplateRenderer | None = None,
+    max_chunks: int | None = None,
+) -> PublishResult:
+    """Publish a group's pending emails until none is left (or `max_chunks` chunks are done)."""
+    renderer = renderer or TemplateRenderer()
+    result = PublishResult()
+    result.republished = recover_open_batches(group, store=store, queue=queue)
+    while max_chunks is None or result.chunks < max_chunks:
+        documents = store.pending_emails(group, limit=spec.publish.chunk_size)
+        if not documents:
+            break
+        started = time.perf_counter()
+        publish_chunk(group, documents, lookups=lookups, store=store, queue=queue, spec=spec, renderer=renderer, result=result)
+        metrics.PUBLISH_CHUNK_DURATION.labels(group=group).observe(time.perf_counter() - started)
+        result.chunks += 1
+    return result
+
+
+def recover_open_batches(group: str, *, store: PublishStore, queue: IdPublisher) -> int:
+    """Publish again the queued ids of batches that a previous publisher never closed."""
+    republished = 0
+    for batch in store.open_publish_batches(group):
+        documents = store.emails_by_id(list(batch["ids"]))
+        # Ids still pending were never marked queued; the next chunk picks them up normally.
+        queued = [email_id for email_id in batch["ids"] if documents.get(email_id, {}).get("status") == "queued"]
+        log.warning(
+            "publish: batch %s of group %s was left open by an earlier run; publishing its %d queued ids again",
+            batch["_id"], group, len(queued),
+        )
+        queue.publish_ids(work_queue_name(group), queued)
+        store.close_publish_batch(batch["_id"])
+        republished += len(queued)
+    return republished
+
+
+def publish_chunk(
+    group: str,
+    documents: list[dict[str, Any]],
+    *,
+    lookups: LookupSource,
+    store: PublishStore,
+    queue: IdPublisher,
+    spec: PipelineSpec,
+    renderer: TemplateRenderer,
+    result: PublishResult,
+) -> None:
+    users = lookups.users_by_id([document["user_id"] for document in documents])
+    templates = lookups.templates_by_id([document["template_id"] for document in documents])
+
+    baked: dict[str, dict[str, Any]] = {}
+    failed: list[dict[str, Any]] = []
+    for document in documents:
+        try:
+            baked[document["_id"]] = bake(document, user=users.get(document["user_id"]),
+                                          template=templates.get(document["template_id"]), spec=spec, renderer=renderer)
+        except PermanentError as error:
+            log.warning("publish: email %s of group %s fails: %s", document["_id"], group, error.reason)
+            failed.append(_with_failure(document, error.reason))
+
+    if baked:
+        batch_id = uuid.uuid4().hex
+        email_ids = list(baked)
+        store.open_publish_batch(batch_id, group=group, email_ids=email_ids)
+        store.bake_emails(baked)
+        queue.publish_ids(work_queue_name(group), email_ids)
+        store.close_publish_batch(batch_id)
+        result.queued += len(email_ids)
+        metrics.PUBLISHED.labels(group=group, outcome="queued").inc(len(email_ids))
+    if failed:
+        store.dequeue(failed, stage="publish")
+        result.failed += len(failed)
+        metrics.PUBLISHED.labels(group=group, outcome="failed").inc(len(failed))
+        metrics.DEQUEUED.labels(group=group, stage="publish").inc(len(failed))
+    log.info("publish: group %s chunk done: %d queued, %d failed", group, len(baked), len(failed))
+
+
+def bake(
+    document: dict[str, Any],
+    *,
+    user: User | None,
+    template: Template | None,
+    spec: PipelineSpec,
+    renderer: TemplateRenderer,
+) -> dict[str, Any]:
+    """Render and compose one email; return the fields to store in its document."""
+    if user is None:
+        raise PermanentError(f"user {document['user_id']} not found")
+    if template is None:
+        raise PermanentError(f"template {document['template_id']} not found")
+    recipient = validate_address(user.email)
+    context: dict[str, Any] = {
+        **document.get("params", {}),
+        "first_name": user.first_name,
+        "last_name": user.last_name,
+        "email": user.email,
+        "locale": user.locale,
+    }
+    content = renderer.render(
+        TemplateSource(
+            id=template.id,
+            subject=template.subject,
+            body_text=template.body_text,
+            body_html=template.body_html,
+            version=template.updated_at.isoformat(),
+        ),
+        context,
+    )
+    message_id = make_message_id(document["_id"], domain=spec.sender.message_id_domain)
+    display_name = " ".join(part for part in (user.first_name, user.last_name) if part)
+    composed = compose_email(
+        from_address=spec.sender.from_address,
+        from_name=spec.sender.from_name,
+        to=recipient,
+        to_name=display_name,
+        reply_to=spec.sender.reply_to,
+        content=content,
+        message_id=message_id,
+        max_message_bytes=spec.smtp.max_message_bytes,
+        headers={"X-Mailpipe-Id": document["_id"], "X-Mailpipe-Group": document["group"]},
+    )
+    return {
+        "envelope_from": composed.envelope_from,
+        "envelope_to": composed.envelope_to,
+        "message": composed.message,
+        "message_id": composed.message_id,
+        "smtputf8": composed.requires_smtputf8,
+        "baked_at": now_utc(),
+    }
+
+
+def _with_failure(document: dict[str, Any], reason: str) -> dict[str, Any]:
+    failed = dict(document)
+    failed["dequeue_reason"] = reason
+    failed["attempts"] = [*document.get("attempts", []), {"attempt": 0, "at": now_utc(), "reason": reason, "smtp_code": None}]
+    return failed
