@@ -2,7 +2,8 @@
 
 The publisher validates each recipient, makes the email's Message-ID and composes the message
 bytes once, and stores them on the email's document so that every retry sends the same bytes.
-Encoding and folding are left to the standard library's `email` package.
+Bodies are always 7-bit (quoted-printable for non-ASCII text), so sending never depends on the
+server offering 8BITMIME. Only messages that need SMTPUTF8 carry raw UTF-8, in their headers.
 """
 
 from __future__ import annotations
@@ -12,32 +13,24 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from email import policy as email_policy
-from email.headerregistry import Address
-from email.message import EmailMessage
 from email.utils import format_datetime
 
 import idna
 from email_validator import EmailNotValidError, validate_email
 
 from mailpipe.errors import ConfigError, PermanentError
+from mailpipe.mail.mime import CRLF, address_header, encode_body, unstructured_header
 from mailpipe.mail.render import RenderedContent
 
-# Without SMTPUTF8 the whole message must be 7-bit ASCII, so non-ASCII bodies get
-# quoted-printable or base64 and the server need not offer 8BITMIME.
-_ASCII_POLICY = email_policy.SMTP.clone(cte_type="7bit")
-# RFC 6531 requires a server that offers SMTPUTF8 to offer 8BITMIME too, so 8-bit bodies are fine.
-_UTF8_POLICY = email_policy.SMTPUTF8
-
-# Headers that compose_email sets itself; callers may not add a second copy through `headers`.
+# Headers that compose_email sets itself, so callers may not add a second copy through `headers`.
 _RESERVED_HEADERS = frozenset(
     {"from", "to", "cc", "bcc", "reply-to", "subject", "date", "message-id", "mime-version",
      "content-type", "content-transfer-encoding"}
 )
 # A field name is printable ASCII except the colon (RFC 5322, section 2.2).
 _HEADER_NAME = re.compile(r"[!-9;-~]+")
-# Control characters other than tab, and the Unicode line and paragraph separators, which some
-# mail clients treat as line breaks.
+# Control characters other than tab, and the Unicode line and paragraph separators, which
+# Unicode-aware programs treat as line breaks.
 _CONTROL_CHARACTER = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 # Characters kept as they are in the left part of a Message-ID. Every other character is written
 # as =XX per UTF-8 byte, so distinct document ids always give distinct Message-IDs.
@@ -133,26 +126,21 @@ def compose_email(
     requires_smtputf8 = to.requires_smtputf8 or sender.requires_smtputf8 or (
         reply_address is not None and reply_address.requires_smtputf8
     )
-    message = EmailMessage(policy=_UTF8_POLICY if requires_smtputf8 else _ASCII_POLICY)
-    message["From"] = _header_address(from_name, sender)
-    message["To"] = _header_address(to_name, to)
-    if reply_address is not None:
-        message["Reply-To"] = _header_address("", reply_address)
-    message["Subject"] = content.subject
-    message["Date"] = format_datetime(date or datetime.now(timezone.utc))
-    message["Message-ID"] = message_id
-    for name, value in extra_headers.items():
-        message[name] = value
-
-    message.set_content(content.text)
-    if content.html is not None:
-        message.add_alternative(content.html, subtype="html")
-
-    data = message.as_bytes()
+    head = _header_block(
+        from_field=address_header("From", from_name, sender.address, utf8=requires_smtputf8),
+        to_field=address_header("To", to_name, to.address, utf8=requires_smtputf8),
+        reply_to=reply_address,
+        subject=content.subject,
+        date=date or datetime.now(timezone.utc),
+        message_id=message_id,
+        extra_headers=extra_headers,
+        utf8=requires_smtputf8,
+    )
+    data = head + encode_body(content.text, content.html, boundary_seed=message_id)
     if len(data) > max_message_bytes:
         raise PermanentError(
             f"The message is {len(data)} bytes, larger than the maximum of "
-            f"{max_message_bytes} bytes"
+            f"{max_message_bytes} bytes: shorten the content or raise the maximum message size"
         )
     return ComposedEmail(
         envelope_from=sender.address,
@@ -163,17 +151,34 @@ def compose_email(
     )
 
 
+def _header_block(
+    *,
+    from_field: str,
+    to_field: str,
+    reply_to: Recipient | None,
+    subject: str,
+    date: datetime,
+    message_id: str,
+    extra_headers: Mapping[str, str],
+    utf8: bool,
+) -> bytes:
+    fields = [from_field, to_field]
+    if reply_to is not None:
+        fields.append(address_header("Reply-To", "", reply_to.address, utf8=utf8))
+    fields.append(unstructured_header("Subject", subject, utf8=utf8))
+    fields.append(f"Date: {format_datetime(date)}")
+    fields.append(f"Message-ID: {message_id}")
+    for name, value in extra_headers.items():
+        fields.append(unstructured_header(name, value, utf8=utf8))
+    fields.append("MIME-Version: 1.0")
+    return (CRLF.join(fields) + CRLF).encode("utf-8" if utf8 else "ascii")
+
+
 @functools.lru_cache(maxsize=64)
 def _validate_configured_address(address: str) -> Recipient:
     # The sender and reply-to addresses are the same for a whole run, so they are validated
     # once, not once per email.
     return validate_address(address)
-
-
-def _header_address(display_name: str, recipient: Recipient) -> Address:
-    return Address(
-        display_name=display_name, username=recipient.local_part, domain=recipient.ascii_domain
-    )
 
 
 def _check_header_values(
@@ -193,7 +198,9 @@ def _check_header_values(
 
     for name, value in extra_headers.items():
         if not _HEADER_NAME.fullmatch(name):
-            raise PermanentError(f"Invalid header name {name!r}")
+            raise PermanentError(
+                f"Invalid header name {name!r}: expected printable ASCII without spaces or colons"
+            )
         if name.lower() in _RESERVED_HEADERS:
             raise PermanentError(f"Header {name!r} is set by compose_email and cannot be added")
         _check_header_text(value, field=f"{name} header")
@@ -215,14 +222,14 @@ def _check_header_text(value: str, *, field: str) -> None:
 
 def _check_body_size(content: RenderedContent, *, max_message_bytes: int) -> None:
     # The raw UTF-8 size of the bodies is a lower bound of the encoded message's size, so an
-    # oversized body fails here before the costly encoding.
+    # oversized body fails here before it is encoded.
     body_bytes = len(content.text.encode("utf-8", "surrogatepass"))
     if content.html is not None:
         body_bytes += len(content.html.encode("utf-8", "surrogatepass"))
     if body_bytes > max_message_bytes:
         raise PermanentError(
             f"The message bodies are {body_bytes} bytes, larger than the maximum message size "
-            f"of {max_message_bytes} bytes"
+            f"of {max_message_bytes} bytes: shorten the content or raise the maximum message size"
         )
 
 
