@@ -139,8 +139,7 @@ def _render_part(
     try:
         return compiled.render(values)
     except jinja2.UndefinedError as error:
-        # SecurityError is a subclass of TemplateRuntimeError, not of UndefinedError, so this
-        # branch is only about missing values.
+        # A missing value, or a null one that was left out of the context.
         raise PermanentError(
             f"Template {template_id}: undefined variable in the {part}: {error.message}"
             " (a null value counts as undefined, so use the default filter for optional values)"
