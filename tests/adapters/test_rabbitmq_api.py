@@ -158,7 +158,7 @@ class TestErrorTranslation:
 
     def test_silent_server_times_out(self) -> None:
         with socket.socket() as listener:
-            # The kernel completes the handshake from the backlog; nobody ever replies.
+            # The kernel completes the handshake from the backlog, and the test never accepts or replies.
             listener.bind(("127.0.0.1", 0))
             listener.listen(1)
             url = f"http://guest:top-secret@127.0.0.1:{listener.getsockname()[1]}"

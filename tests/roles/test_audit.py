@@ -108,7 +108,7 @@ class TestReportFormat:
         assert "        1  receipts" in text
         assert "        2  550 5.1.1 mailbox unavailable" in text
         assert "        1  invalid address" in text
-        assert "waiting" not in text
+        assert "limit" not in text
 
     def test_table_is_cut_to_rows(self) -> None:
         _, text = format_report(self.records(), report_id="R1", reported_at=STARTED, table_rows=2, more_pending=False)
@@ -127,7 +127,7 @@ class TestReportFormat:
     def test_more_pending_is_announced(self) -> None:
         _, text = format_report(self.records(), report_id="R1", reported_at=STARTED, table_rows=50, more_pending=True)
 
-        assert "the next run reports them" in text
+        assert "the next run reports any others" in text
 
     def test_reason_is_one_line(self) -> None:
         assert one_line("550-5.1.1 first\r\n550 5.1.1 second") == "550-5.1.1 first 550 5.1.1 second"

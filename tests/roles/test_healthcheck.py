@@ -334,7 +334,7 @@ class TestAgainstRabbitMQ:
         assert list(failed) == [CHECK_MESSAGE_COUNTS]
         assert "unreachable" in failed[CHECK_MESSAGE_COUNTS].detail
 
-    def test_no_endpoint_answering_fails_every_check(self, declared: Config, vhost: str) -> None:
+    def test_no_endpoint_responding_fails_every_check(self, declared: Config, vhost: str) -> None:
         notifier = RecordingNotifier()
         with RabbitMQAdmin(f"http://127.0.0.1:{closed_port()}", vhost=vhost) as dead:
             report = run_healthcheck(config=declared, admins=[dead], notifier=notifier)

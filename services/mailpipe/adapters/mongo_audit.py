@@ -1,8 +1,8 @@
 """MongoDB access for the `audit-dequeued` role: find dequeued mail not yet reported, mark it reported.
 
 Reported documents get two fields, `reported_at` and `report_id`, rather than an entry in a
-separate collection: marking is then one update by `_id` per document, which FerretDB 1.24
-serves from the primary key index, and a document carries its own audit trail.
+separate collection. Marking is then one update by `_id` per document, which FerretDB 1.24
+serves from the primary key index, and each document carries its own audit trail.
 
 FerretDB 1.24 pushes only filters of exactly `{"_id": value}` down to its storage, so the search
 for unreported documents reads the whole `dequeued_mails` collection. The projection keeps the
@@ -21,7 +21,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
-from mailpipe.errors import ServiceUnavailableError
+from mailpipe.errors import ConfigError, ServiceUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,13 @@ class MongoAuditStore:
     def connect(cls, url: str, *, database: str | None = None, timeout_seconds: float = 10.0) -> MongoAuditStore:
         """Connect to the server at `url` and use `database`, else the URL's database, else "mailpipe"."""
         timeout_ms = int(timeout_seconds * 1000)
-        client: MongoClient[dict[str, Any]] = MongoClient(
-            url, tz_aware=True, serverSelectionTimeoutMS=timeout_ms, socketTimeoutMS=timeout_ms
-        )
+        try:
+            client: MongoClient[dict[str, Any]] = MongoClient(
+                url, tz_aware=True, serverSelectionTimeoutMS=timeout_ms, socketTimeoutMS=timeout_ms
+            )
+        except PyMongoError as error:
+            # Raised for a malformed URL or options only; the connection itself opens lazily.
+            raise ConfigError(f"invalid MongoDB URL (MAILPIPE_MONGODB_URL): {error}") from error
         if database is not None:
             return cls(client[database], client=client)
         return cls(client.get_default_database(default=DEFAULT_DATABASE), client=client)

@@ -45,7 +45,7 @@ class SmtpNotifier:
         self._port = parts.port or DEFAULT_PORTS[parts.scheme]
         self._username = unquote(parts.username) if parts.username else None
         self._password = unquote(parts.password or "")
-        # smtps:// means TLS from the first byte, whatever `security` says.
+        # smtps:// means TLS from the first byte, regardless of `security`.
         self._security: Security = "tls" if parts.scheme == "smtps" else security
         self._timeout_seconds = timeout_seconds
         self._from_address = from_address

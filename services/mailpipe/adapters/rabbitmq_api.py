@@ -37,8 +37,8 @@ class NodeInfo(TypedDict):
 class QueueInfo(TypedDict):
     """One entry of GET /api/queues/VHOST.
 
-    Message counts are missing until the broker has emitted the queue's first statistics
-    (every 5 seconds by default); `members`, `online` and `leader` exist for quorum queues only.
+    Message counts are missing until the broker has emitted the queue's first statistics, which
+    it does every 5 seconds by default. Only quorum queues have `members`, `online` and `leader`.
     """
 
     name: str
@@ -227,27 +227,27 @@ class RabbitMQAdmin:
 
         With `not_found_ok`, a 404 returns None instead of raising.
         """
-        what = f"{method} {path} on {self.display_url}"
+        request_line = f"{method} {path} on {self.display_url}"
         try:
             response = self._session.request(method, self._api_url + path, json=json, timeout=self._timeout_seconds)
         except requests.Timeout as error:
             # A slow node is treated like an absent one: the caller may try again later.
             raise ServiceUnavailableError(
-                f"RabbitMQ management API timed out after {self._timeout_seconds} s: {what}"
+                f"RabbitMQ management API timed out after {self._timeout_seconds} s: {request_line}"
             ) from error
         except requests.RequestException as error:
             # Refused or reset connections, DNS failures: the node or its API is down.
-            raise ServiceUnavailableError(f"RabbitMQ management API unreachable: {what}: {error}") from error
+            raise ServiceUnavailableError(f"RabbitMQ management API unreachable: {request_line}: {error}") from error
 
         if response.status_code == 404 and not_found_ok:
             return None
         if response.status_code >= 500:
             raise ServiceUnavailableError(
-                f"RabbitMQ management API failed with status {response.status_code}: {what}: {response.text[:200]}"
+                f"RabbitMQ management API failed with status {response.status_code}: {request_line}: {response.text[:200]}"
             )
         if response.status_code >= 400:
             raise ManagementAPIError(
-                f"RabbitMQ management API rejected {what} with status {response.status_code}: "
+                f"RabbitMQ management API rejected {request_line} with status {response.status_code}: "
                 f"{response.text[:200]}",
                 status_code=response.status_code,
             )
@@ -257,4 +257,4 @@ class RabbitMQAdmin:
             return response.json()
         except ValueError as error:
             # A proxy's HTML error page rather than the API: treat the node as unavailable.
-            raise ServiceUnavailableError(f"RabbitMQ management API returned a body that is not JSON: {what}") from error
+            raise ServiceUnavailableError(f"RabbitMQ management API returned a body that is not JSON: {request_line}") from error

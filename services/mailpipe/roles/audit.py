@@ -1,9 +1,10 @@
 """The `audit-dequeued` role: emails the team one summary of the mail dequeued since the last run.
 
-Each run reads the `dequeued_mails` documents that no report has covered, sends one summary
-(counts per group and per reason, then a table of the oldest ones with their ids, attempts and
-reasons; never an email's content) to the notification recipients, and only then marks those
-documents reported. A failed send marks nothing, so the next run reports the same mail.
+Each run reads the `dequeued_mails` documents that no report has covered and sends one summary
+to the notification recipients. The summary has counts per group and per reason, then a table
+of the oldest documents with their ids, attempts and reasons, but never an email's content.
+Only then does the run mark those documents reported. A failed send marks nothing, so the next
+run reports the same mail.
 
 NOTE: a crash between the SMTP server accepting the summary and the marking makes the next run
 report those documents a second time, under a new report id. Marking first instead would lose
@@ -48,7 +49,7 @@ class Notifier(Protocol):
 
 @dataclass(frozen=True)
 class AuditResult:
-    """What one run reported; `report_id` is None when there was nothing to report."""
+    """Outcome of one run; `report_id` is None when there was nothing to report."""
 
     report_id: str | None
     reported: int
@@ -126,7 +127,7 @@ def run_audit(
 
 
 def new_report_id(reported_at: datetime) -> str:
-    """Return an id that sorts by time and is unique even for two runs in the same second."""
+    """Return an id that sorts by time, with a random suffix so that two runs in one second differ."""
     return f"{reported_at:%Y%m%dT%H%M%SZ}-{uuid4().hex[:8]}"
 
 
@@ -162,7 +163,7 @@ def format_report(
         f"{len(records)} emails failed for good since the last report and were not sent.",
     ]
     if more_pending:
-        lines.append("More dequeued emails are waiting; the next run reports them.")
+        lines.append(f"This report reached its limit of {len(records)} emails; the next run reports any others.")
     lines += ["", "Per group:"]
     lines += [f"  {count:>7}  {group}" for group, count in count_by_group(records).most_common()]
     lines += ["", "Per reason, most frequent first:"]
@@ -170,10 +171,10 @@ def format_report(
     lines += [f"  {count:>7}  {reason}" for reason, count in reasons.most_common(REASON_ROWS)]
     if len(reasons) > REASON_ROWS:
         lines.append(f"  ({len(reasons) - REASON_ROWS} more distinct reasons)")
-    shown = records[:table_rows]
-    lines += ["", f"The {len(shown)} oldest, with their number of attempts:"]
+    table_records = records[:table_rows]
+    lines += ["", f"The {len(table_records)} oldest, with their number of attempts:"]
     lines.append(f"  {'id':<26}  {'group':<16}  {'attempts':>8}  reason")
-    for record in shown:
+    for record in table_records:
         attempts = len(record.get("attempts", []))
         group = record.get("group", "(no group)")
         reason = one_line(record.get("reason", "(no reason)"))

@@ -118,7 +118,10 @@ class HealthReport:
 
 
 def main(config: Config) -> int:
-    """Check the configured RabbitMQ nodes, push the metrics and return the exit status."""
+    """Check the configured RabbitMQ nodes, push the metrics and return the exit status.
+
+    The job's last-success time is set only when every check passed, like the exit status.
+    """
     admins = [RabbitMQAdmin(url, vhost=config.spec.rabbitmq.vhost) for url in config.connections.rabbitmq_api_urls]
     try:
         report = run_healthcheck(config=config, admins=admins, notifier=SmtpNotifier.from_config(config))
@@ -143,8 +146,8 @@ def run_healthcheck(
 ) -> HealthReport:
     """Run every check, record the metrics, and notify the team when any check failed.
 
-    `admins` holds one client per node's API URL; the cluster-wide checks use the first one
-    that answers, and the message-count check reads from all of them.
+    `admins` contains one client per node's API URL. The cluster-wide checks use the first one
+    that responds, and the message-count check reads from all of them.
     """
     report = HealthReport(tuple(_run_checks(spec=config.spec, admins=admins, canary_timeout_seconds=canary_timeout_seconds)))
     for result in report.results:
@@ -182,7 +185,7 @@ def _guarded(name: str, check: Callable[[], CheckResult]) -> CheckResult:
     try:
         return check()
     except (ServiceUnavailableError, ManagementAPIError) as error:
-        # An API that cannot answer a check fails that check; the other checks still run.
+        # An API error fails only the check that made the request; the other checks still run.
         return CheckResult(name, False, str(error))
 
 
@@ -193,12 +196,12 @@ def _first_answering(admins: Sequence[BrokerAPI]) -> tuple[BrokerAPI, list[NodeI
         try:
             return admin, admin.nodes()
         except (ServiceUnavailableError, ManagementAPIError) as error:
-            # Another node's API may still answer; the message-count check names this one.
-            log.warning("RabbitMQ management API %s did not answer: %s", admin.display_url, error)
+            # Another node's API may still respond, and the message-count check names this one.
+            log.warning("RabbitMQ management API %s did not respond: %s", admin.display_url, error)
             failures.append(str(error))
     if not failures:
         raise ServiceUnavailableError("no RabbitMQ management API URL configured (MAILPIPE_RABBITMQ_API_URLS)")
-    raise ServiceUnavailableError("no RabbitMQ management API answered: " + "; ".join(failures))
+    raise ServiceUnavailableError("no RabbitMQ management API responded: " + "; ".join(failures))
 
 
 # Checks that read from the API, then hand the data to a pure evaluation.
@@ -226,6 +229,8 @@ def _message_counts(admin: BrokerAPI) -> dict[str, int | None]:
 
 def _check_canary(admin: BrokerAPI, *, timeout_seconds: float) -> CheckResult:
     """Publish a message with a unique payload to the canary queue and wait until it is fetched back."""
+    # NOTE: two healthchecks running at once remove each other's canaries as stale and may both
+    # fail, so the scheduler must not start a run while one is still going.
     payload = f"mailpipe-canary {uuid.uuid4()}"
     if not admin.publish(exchange=DEFAULT_EXCHANGE, routing_key=CANARY_QUEUE, payload=payload):
         return CheckResult(CHECK_CANARY, False, f"canary message was not routed: queue {CANARY_QUEUE} is missing")
