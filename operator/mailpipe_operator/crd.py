@@ -85,20 +85,20 @@ def _structural(node: Schema, definitions: dict[str, Schema]) -> Schema:
     if "$ref" in node:
         name = node["$ref"].rsplit("/", 1)[-1]
         merged = {**definitions[name], **{key: value for key, value in node.items() if key != "$ref"}}
-        result = _structural(merged, definitions)
+        inlined = _structural(merged, definitions)
         rules = OBJECT_RULES.get(name)
         if rules:
-            result["x-kubernetes-validations"] = rules
-        return result
+            inlined["x-kubernetes-validations"] = rules
+        return inlined
 
     if "anyOf" in node:
         variants = [variant for variant in node["anyOf"] if variant.get("type") != "null"]
         if len(variants) != 1:
             raise ValueError(f"cannot express a union of {len(variants)} types in a structural schema")
         rest = {key: value for key, value in node.items() if key != "anyOf"}
-        result = _structural({**variants[0], **rest}, definitions)
-        result["nullable"] = True
-        return result
+        nullable = _structural({**variants[0], **rest}, definitions)
+        nullable["nullable"] = True
+        return nullable
 
     result: Schema = {}
     for key, value in node.items():

@@ -20,13 +20,13 @@ class ScheduledRole:
     command: str
 
     def schedule(self, spec: PipelineSpec) -> str:
-        job = {
-            "populate": spec.populate,
-            "publish": spec.publish,
-            "audit-dequeued": spec.audit_dequeued,
-            "healthcheck": spec.healthcheck,
-        }[self.command]
-        return job.schedule
+        schedules = {
+            "populate": spec.populate.schedule,
+            "publish": spec.publish.schedule,
+            "audit-dequeued": spec.audit_dequeued.schedule,
+            "healthcheck": spec.healthcheck.schedule,
+        }
+        return schedules[self.command]
 
 
 SCHEDULED_ROLES = tuple(ScheduledRole(command) for command in ("populate", "publish", "audit-dequeued", "healthcheck"))
