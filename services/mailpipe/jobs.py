@@ -24,7 +24,7 @@ from mailpipe.config import Config
 from mailpipe.roles.consume import ConsumeResult, Consumer
 from mailpipe.roles.populate import PopulateResult, populate
 from mailpipe.roles.publish import PublishResult, publish_group
-from mailpipe.topology import group_queues
+from mailpipe.topology import CANARY_QUEUE, all_queues, group_queues
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,9 @@ def run_publish(config: Config, *, groups: Sequence[str] | None = None, max_chun
     queue = QueueClient(config.connections.rabbitmq_url, name=f"mailpipe-publish-{socket.gethostname()}")
     results: dict[str, PublishResult] = {}
     try:
+        # The healthcheck's canary queue is part of the topology; declaring it here means a local
+        # pipeline has it without the operator, and a deleted one is still reported as missing.
+        queue.declare([definition for definition in all_queues(config.spec) if definition.name == CANARY_QUEUE])
         for name in names:
             queue.declare(group_queues(name, spec=config.spec))
             results[name] = publish_group(

@@ -94,20 +94,23 @@ class ApplicationDatabase:
         self._connection: pymysql.connections.Connection[Any] | None = None
 
     def _connect(self) -> pymysql.connections.Connection[Any]:
+        if self._connection is not None:
+            try:
+                self._connection.ping(reconnect=False)
+                return self._connection
+            except pymysql.Error:
+                # The server closed the connection (idle timeout, restart): open a new one.
+                self.close()
         try:
-            if self._connection is None:
-                self._connection = pymysql.connect(
-                    **self._arguments,
-                    charset="utf8mb4",
-                    autocommit=True,
-                    connect_timeout=int(self._connect_timeout_seconds),
-                    cursorclass=pymysql.cursors.DictCursor,
-                    init_command="SET time_zone = '+00:00'",
-                )
-            else:
-                self._connection.ping(reconnect=True)
+            self._connection = pymysql.connect(
+                **self._arguments,
+                charset="utf8mb4",
+                autocommit=True,
+                connect_timeout=int(self._connect_timeout_seconds),
+                cursorclass=pymysql.cursors.DictCursor,
+                init_command="SET time_zone = '+00:00'",
+            )
         except pymysql.MySQLError as error:
-            self._connection = None
             raise ServiceUnavailableError(
                 f"cannot connect to MySQL at {self._arguments['host']}:{self._arguments['port']}: {error}"
             ) from error

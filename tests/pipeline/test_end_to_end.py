@@ -1,0 +1,192 @@
+"""The data plane end to end on the real servers: MariaDB, FerretDB, RabbitMQ and SMTP."""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import pytest
+
+from mailpipe.adapters.rabbitmq import QueueClient
+from mailpipe.errors import ServiceUnavailableError
+
+from pipeline_harness import FaultySmtpServer, Harness, SinkServer
+
+pytestmark = pytest.mark.services
+
+
+def _campaign_for(harness: Harness, count: int, *, subject: str = "Hello {{ first_name }}") -> list[int]:
+    template = harness.add_template(subject=subject, text="Hi {{ first_name }}, news for you.",
+                                    html="<p>Hi {{ first_name }}</p>")
+    user_ids = harness.add_users([{"email": f"user{number}@example.com", "first_name": f"Name{number}"}
+                                  for number in range(count)])
+    harness.add_campaign(template)
+    return user_ids
+
+
+def test_emails_arrive_exactly_once_with_headers(harness: Harness, smtp_sink: SinkServer) -> None:
+    harness = harness.with_smtp(smtp_sink.url)
+    _campaign_for(harness, 40)
+
+    harness.populate()
+    harness.publish()
+    harness.consume()
+
+    messages = smtp_sink.messages()
+    recipients = collections.Counter(str(message["To"]) for message in messages)
+    assert len(messages) == 40
+    assert all(count == 1 for count in recipients.values())
+    assert len({message["Message-ID"] for message in messages}) == 40
+    first = next(message for message in messages if "user7@example.com" in str(message["To"]))
+    assert first["Subject"] == "Hello Name7"
+    assert first["Message-ID"] == harness.document(first["X-Mailpipe-Id"])["message_id"]
+    assert harness.statuses() == {"sent": 40}
+
+
+def test_rerunning_populate_and_publish_adds_nothing(harness: Harness, smtp_sink: SinkServer) -> None:
+    harness = harness.with_smtp(smtp_sink.url)
+    _campaign_for(harness, 25)
+
+    harness.populate()
+    harness.populate()
+    first = harness.publish()
+    second = harness.publish()
+    harness.consume()
+
+    assert harness.store.emails.count_documents({}) == 25
+    assert first.queued == 25
+    assert second.queued == 0
+    assert len(smtp_sink.messages()) == 25
+
+
+def test_transient_failures_are_retried_then_sent(harness: Harness, faulty_smtp: Any) -> None:
+    server: FaultySmtpServer = faulty_smtp(fail_first=2)
+    harness = harness.with_smtp(server.url)
+    _campaign_for(harness, 3)
+
+    harness.populate()
+    harness.publish()
+    harness.consume()
+
+    assert harness.statuses() == {"sent": 3}
+    assert all(attempts == 3 for attempts in server.attempts.values())
+    assert len(server.accepted) == 3
+    document = harness.document(f"c1u{1}")
+    assert document["attempt_count"] == 3
+    assert [attempt["smtp_code"] for attempt in document["attempts"]] == [451, 451]
+
+
+def test_always_failing_server_dequeues_after_five(harness: Harness, faulty_smtp: Any) -> None:
+    server: FaultySmtpServer = faulty_smtp(fail_first=1000)
+    harness = harness.with_smtp(server.url)
+    _campaign_for(harness, 2)
+
+    harness.populate()
+    harness.publish()
+    harness.consume()
+
+    dequeued = harness.dequeued()
+    assert harness.statuses() == {"dequeued": 2}
+    assert len(dequeued) == 2
+    for document in dequeued.values():
+        assert len(document["attempts"]) == 5
+        assert all(attempt["smtp_code"] == 451 for attempt in document["attempts"])
+        assert document["email"]["message_id"]
+    assert all(attempts == 5 for attempts in server.attempts.values())
+
+
+def test_server_closing_connection_is_reconnected(harness: Harness, faulty_smtp: Any) -> None:
+    server: FaultySmtpServer = faulty_smtp(close_after=3)
+    harness = harness.with_smtp(server.url)
+    _campaign_for(harness, 10)
+
+    harness.populate()
+    harness.publish()
+    consumer = harness.consume()
+
+    assert harness.statuses() == {"sent": 10}
+    assert len(server.accepted) == 10
+    assert consumer.transport.connections_opened >= 4  # type: ignore[attr-defined]
+
+
+class _CrashBeforeAck(QueueClient):
+    """A consumer connection that dies after outcomes are recorded but before any ack."""
+
+    def ack(self, delivery_tags: Any) -> None:
+        self._connection.close()
+        raise ServiceUnavailableError("simulated consumer crash before the ack")
+
+
+def test_crash_before_ack_sends_nothing_twice(harness: Harness, smtp_sink: SinkServer) -> None:
+    harness = harness.with_smtp(smtp_sink.url)
+    _campaign_for(harness, 20)
+    harness.populate()
+    harness.publish()
+
+    with pytest.raises(ServiceUnavailableError):
+        harness.consume(queue=_CrashBeforeAck(harness.config.connections.rabbitmq_url))
+    sent_before_restart = len(smtp_sink.messages())
+    consumer = harness.consume(stop_when_final=False)
+
+    assert sent_before_restart > 0
+    assert len(smtp_sink.messages()) == 20
+    assert harness.statuses() == {"sent": 20}
+    assert consumer.result.counts.get("duplicate", 0) == sent_before_restart
+
+
+class _PublisherKilledAfter(QueueClient):
+    """A publisher connection that dies after a given number of publishes."""
+
+    def __init__(self, url: str, *, limit: int) -> None:
+        super().__init__(url)
+        self.limit = limit
+        self.published = 0
+
+    def publish_ids(self, queue: str, email_ids: Any, **options: Any) -> None:
+        for email_id in email_ids:
+            if self.published >= self.limit:
+                self._connection.close()
+                raise ServiceUnavailableError("simulated publisher crash")
+            super().publish_ids(queue, [email_id], **options)
+            self.published += 1
+
+
+def test_publisher_killed_mid_chunk_loses_and_doubles_nothing(harness: Harness, smtp_sink: SinkServer) -> None:
+    harness = harness.with_smtp(smtp_sink.url)
+    template = harness.add_template(subject="Offer", text="Hello {{ first_name }}")
+    harness.add_users([{"email": f"buyer{number}@example.com", "first_name": "Bo"} for number in range(1000)])
+    harness.add_campaign(template)
+    harness.populate()
+
+    with pytest.raises(ServiceUnavailableError):
+        harness.publish(queue=_PublisherKilledAfter(harness.config.connections.rabbitmq_url, limit=430))
+    recovered = harness.publish()
+    harness.consume(timeout=180)
+
+    messages = smtp_sink.messages()
+    recipients = collections.Counter(str(message["To"]) for message in messages)
+    assert recovered.republished == 1000
+    assert len(messages) == 1000
+    assert max(recipients.values()) == 1
+    assert harness.statuses() == {"sent": 1000}
+
+
+def test_urgent_group_has_its_own_queue(harness: Harness, smtp_sink: SinkServer) -> None:
+    harness = harness.with_smtp(smtp_sink.url)
+    _campaign_for(harness, 30)
+    template = harness.add_template(subject="Your code", text="Code {{ code }}")
+    user = harness.add_users([{"email": "urgent@example.com"}])[0]
+    harness.database.execute(
+        "INSERT INTO email_outbox (email_group, user_id, template_id, params) VALUES (%s, %s, %s, %s)",
+        (harness.urgent_group, user, template, '{"code": "123456"}'),
+    )
+    harness.populate()
+    harness.publish(harness.urgent_group)
+
+    harness.consume(harness.urgent_group)
+
+    messages = smtp_sink.messages()
+    assert [str(message["To"]) for message in messages] == ["Ada Lovelace <urgent@example.com>"]
+    assert "Code 123456" in messages[0].get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    # The campaign's audience is every user, the urgent recipient included.
+    assert harness.store.count_by_status(harness.group) == {"pending": 31}
