@@ -248,6 +248,7 @@ class MailStore:
                         "dequeued_at": now,
                         "dequeue_reason": document.get("dequeue_reason"),
                         "attempts": document.get("attempts", []),
+                        "attempt_count": document.get("attempt_count", 0),
                     }
                 },
             )
