@@ -130,3 +130,35 @@ def test_helpers_are_prefixed_with_chart_name() -> None:
 def test_helpers_have_one_line_comment() -> None:
     for name, previous_line in helper_definitions():
         assert re.fullmatch(r"\{\{/\* .+ \*/\}\}", previous_line), f"helper {name} lacks a one-line comment above it"
+
+
+def lookup(values: dict[str, Any], path: str) -> Any:
+    value: Any = values
+    for key in path.split("."):
+        value = value[key]
+    return value
+
+
+def default_cell(value: Any) -> str:
+    """Format a default for the README table; non-empty maps and lists are too long for a cell."""
+    if isinstance(value, (dict, list)) and value:
+        return "see values.yaml"
+    return f"`{json.dumps(value)}`"
+
+
+def parameter_table() -> list[str]:
+    """Build the README's parameter rows from the `@param` lines of values.yaml, in file order."""
+    values = yaml.safe_load(VALUES_FILE.read_text())
+    rows = []
+    for line in VALUES_FILE.read_text().splitlines():
+        match = re.match(r"^\s*## @param (\S+) (.+)$", line)
+        if match:
+            path, description = match.groups()
+            rows.append(f"| `{path}` | {description} | {default_cell(lookup(values, path))} |")
+    return rows
+
+
+def test_readme_lists_every_parameter() -> None:
+    readme = (CHART / "README.md").read_text()
+    missing = [row for row in parameter_table() if row not in readme]
+    assert not missing, "charts/mailpipe/README.md lacks or has stale parameter rows; expected:\n" + "\n".join(missing)
