@@ -27,6 +27,11 @@ RUN pip install -c requirements.lock .
 
 FROM python:3.11-slim
 
+LABEL org.opencontainers.image.title="Mailpipe" \
+      org.opencontainers.image.description="High-volume email sending on RabbitMQ, MongoDB and SMTP, with a Kubernetes operator" \
+      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
 ENV PATH=/opt/mailpipe/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1

@@ -45,6 +45,8 @@ def cluster(kubectl: str) -> Iterator[str]:
     namespace = yaml.safe_dump({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
     created = run(kubectl_command(kubectl, "apply", "-f", "-"), input_text=namespace)
     assert created.returncode == 0, created.stderr
+    # The CRD and the namespace stay. The operator's tests use the same CRD, and dry runs store
+    # nothing in the namespace, while deleting it would make the next run wait for its termination.
     yield kubectl
 
 
