@@ -19,6 +19,7 @@ from mailpipe import metrics
 from mailpipe.adapters.mongo import MailStore
 from mailpipe.adapters.mysql import ApplicationDatabase
 from mailpipe.adapters.rabbitmq import QueueClient
+from mailpipe.adapters.rabbitmq_publisher import PipelinedPublisher
 from mailpipe.adapters.smtp import SmtpTransport
 from mailpipe.config import Config
 from mailpipe.roles.consume import ConsumeResult, Consumer
@@ -51,20 +52,24 @@ def run_publish(config: Config, *, groups: Sequence[str] | None = None, max_chun
     store = MailStore(config.connections.mongodb_url)
     queue = QueueClient(config.connections.rabbitmq_url, name=f"mailpipe-publish-{socket.gethostname()}")
     results: dict[str, PublishResult] = {}
+    publisher: PipelinedPublisher | None = None
     try:
+        publisher = PipelinedPublisher(config.connections.rabbitmq_url, name=f"mailpipe-publish-{socket.gethostname()}")
         # The healthcheck's canary queue is part of the topology; declaring it here means a local
         # pipeline has it without the operator, and a deleted one is still reported as missing.
         queue.declare([definition for definition in all_queues(config.spec) if definition.name == CANARY_QUEUE])
         for name in names:
             queue.declare(group_queues(name, spec=config.spec))
             results[name] = publish_group(
-                name, lookups=database, store=store, queue=queue, spec=config.spec, max_chunks=max_chunks
+                name, lookups=database, store=store, queue=publisher, spec=config.spec, max_chunks=max_chunks
             )
             log.info(
                 "publish: group %s: %d queued, %d failed, %d republished from unfinished batches",
                 name, results[name].queued, results[name].failed, results[name].republished,
             )
     finally:
+        if publisher is not None:
+            publisher.close()
         queue.close()
         database.close()
         store.close()

@@ -1,0 +1,164 @@
+"""`mailpipe bench`: a benchmark, not a test. Sends a campaign end to end into Postfix's smtp-sink
+while transactional requests keep arriving, then measures the raw SMTP limit of the same machine
+with smtp-source into the same smtp-sink, and prints one comparison line.
+
+It uses databases of its own (`mailpipe_bench` in MySQL and MongoDB), dropped and made anew on
+every run, so it never touches the demo's data.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import time
+from datetime import UTC, datetime
+from urllib.parse import urlsplit, urlunsplit
+
+import pymongo
+import pymysql
+
+from mailpipe.adapters.mongo import MailStore
+from mailpipe.adapters.mysql import ApplicationDatabase, connection_arguments
+from mailpipe.config import Config
+from mailpipe.demo import pipeline_finished, summarize
+from mailpipe.run import Supervisor, pipeline_children
+from mailpipe.seed import ANNOUNCEMENT, ORDER_CONFIRMATION, insert_template
+
+log = logging.getLogger(__name__)
+
+BENCH_DATABASE = "mailpipe_bench"
+SMTP_SINK_ADDRESS = os.environ.get("MAILPIPE_BENCH_SMTP_SINK", "127.0.0.1:2525")
+TRANSACTIONAL_PER_SECOND = 10
+FIRST_NAMES = ("Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia", "Niklaus")
+
+
+def _with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
+
+
+def reset_databases(config: Config) -> tuple[str, str]:
+    """Drop and create the benchmark's MySQL and MongoDB databases; return their URLs."""
+    arguments = connection_arguments(config.connections.mysql_url)
+    server = pymysql.connect(**{key: arguments[key] for key in ("host", "port", "user", "password")}, autocommit=True)
+    with server.cursor() as cursor:
+        cursor.execute(f"DROP DATABASE IF EXISTS `{BENCH_DATABASE}`")
+        cursor.execute(f"CREATE DATABASE `{BENCH_DATABASE}` CHARACTER SET utf8mb4")
+    server.close()
+    mongodb_url = _with_database(config.connections.mongodb_url, BENCH_DATABASE)
+    client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(mongodb_url)
+    client.drop_database(BENCH_DATABASE)
+    client.close()
+    return _with_database(config.connections.mysql_url, BENCH_DATABASE), mongodb_url
+
+
+def seed_audience(database: ApplicationDatabase, emails: int) -> tuple[int, int]:
+    """Insert `emails` deliverable users and a due campaign; return (campaign template, order template)."""
+    database.apply_schema()
+    rows = [
+        (f"{FIRST_NAMES[number % len(FIRST_NAMES)].lower()}.{number}@bench.example", FIRST_NAMES[number % len(FIRST_NAMES)], "Bench", "en_US")
+        for number in range(emails)
+    ]
+    for start in range(0, len(rows), 10_000):
+        database.execute_many(
+            "INSERT INTO users (email, first_name, last_name, locale) VALUES (%s, %s, %s, %s)", rows[start : start + 10_000]
+        )
+    return insert_template(database, ANNOUNCEMENT), insert_template(database, ORDER_CONFIRMATION)
+
+
+def campaign_finished(store: MailStore, group: str, *, expected: int) -> bool:
+    # Counting scans cron_emails, which FerretDB does on the same core that serves the pipeline,
+    # so look only once the publisher has nothing left of this group.
+    if store.pending.find_one({"group": group}) is not None:
+        return False
+    counts = store.count_by_status(group)
+    return counts.get("sent", 0) + counts.get("dequeued", 0) >= expected
+
+
+def raw_smtp_rate(messages: int, *, message_bytes: int) -> float:
+    """Emails per second that smtp-source pushes into smtp-sink over 8 parallel sessions."""
+    if shutil.which("smtp-source") is None:
+        raise RuntimeError("smtp-source is missing; `make services` installs Debian's postfix package")
+    started = time.perf_counter()
+    subprocess.run(
+        ["smtp-source", "-s", "8", "-m", str(messages), "-l", str(message_bytes), "-f", "bench@bench.example",
+         "-t", "sink@bench.example", SMTP_SINK_ADDRESS],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    return messages / (time.perf_counter() - started)
+
+
+def main(config: Config, *, emails: int, consumers: int) -> int:
+    mysql_url, mongodb_url = reset_databases(config)
+    environment = {
+        "MAILPIPE_MYSQL_URL": mysql_url,
+        "MAILPIPE_MONGODB_URL": mongodb_url,
+        "MAILPIPE_SMTP_URL": f"smtp://{SMTP_SINK_ADDRESS}",
+    }
+    database = ApplicationDatabase(mysql_url)
+    store = MailStore(mongodb_url)
+    store.ensure_indexes()
+    print(f"Seeding {emails} users ...", flush=True)
+    campaign_template, order_template = seed_audience(database, emails)
+    groups = [group.name for group in config.spec.groups]
+    campaign_group = "announcements" if "announcements" in groups else groups[0]
+    urgent_group = "transactional" if "transactional" in groups else groups[-1]
+
+    log_directory = os.path.join(os.environ.get("MAILPIPE_STATE_DIR", ".run"), "logs", "bench")
+    children = pipeline_children(
+        config, interval_seconds=1.0, metrics_base_port=config.spec.monitoring.metrics_port,
+        consumers={campaign_group: consumers, urgent_group: 1},
+    )
+    supervisor = Supervisor(children, config_path=None, environment=environment, log_directory=log_directory)
+    started_at = datetime.now(UTC)
+    database.execute(
+        "INSERT INTO campaigns (name, template_id, email_group, audience, due_at) VALUES (%s, %s, %s, 'all', %s)",
+        ("Benchmark campaign", campaign_template, campaign_group, started_at.replace(tzinfo=None)),
+    )
+    supervisor.start()
+    started = time.perf_counter()
+    print(f"Sending {emails} campaign emails into smtp-sink with {consumers} consumers; logs in {log_directory}/", flush=True)
+    transactional = 0
+    checks = 0
+    elapsed = 0.0
+    try:
+        # Transactional requests keep arriving while the campaign is sent; then the last ones drain.
+        while not elapsed:
+            supervisor.poll()
+            for _ in range(TRANSACTIONAL_PER_SECOND):
+                database.execute(
+                    "INSERT INTO email_outbox (email_group, user_id, template_id, params) VALUES (%s, %s, %s, %s)",
+                    (urgent_group, 1 + transactional % emails, order_template, '{"order_id": "MP-1", "total": "9.90 EUR"}'),
+                )
+                transactional += 1
+            time.sleep(1.0)
+            checks += 1
+            if checks % 5 == 0 and campaign_finished(store, campaign_group, expected=emails):
+                elapsed = time.perf_counter() - started
+        while not pipeline_finished(database, store):
+            supervisor.poll()
+            time.sleep(2.0)
+    finally:
+        supervisor.stop()
+
+    summaries = {summary.group: summary for summary in summarize(store, since=started_at)}
+    campaign = summaries.get(campaign_group)
+    urgent = summaries.get(urgent_group)
+    handled = (campaign.sent + campaign.dequeued) if campaign else 0
+    end_to_end = handled / elapsed
+    print(f"\nCampaign: {handled} emails in {elapsed:.1f} s ({end_to_end:.0f} emails/s)")
+    if urgent and urgent.p95_seconds is not None:
+        print(f"Transactional while the campaign ran: {urgent.sent} sent, p50 {urgent.p50_seconds:.2f} s, "
+              f"p95 {urgent.p95_seconds:.2f} s from outbox row to SMTP acceptance")
+    print("Peak memory per process (VmHWM):")
+    for child in children:
+        print(f"  {child.name:<28}{child.peak_rss_bytes / 2**20:8.1f} MiB")
+    store.close()
+    database.close()
+
+    print(f"Measuring raw SMTP: smtp-source, {emails} messages into the same smtp-sink ...", flush=True)
+    raw = raw_smtp_rate(emails, message_bytes=1500)
+    print(f"end-to-end: {end_to_end:.0f} emails/s; raw SMTP: {raw:.0f} emails/s; ratio: {end_to_end / raw:.2f}")
+    return 0
