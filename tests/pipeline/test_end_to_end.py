@@ -190,3 +190,22 @@ def test_urgent_group_has_its_own_queue(harness: Harness, smtp_sink: SinkServer)
     assert "Code 123456" in messages[0].get_body(("plain",)).get_content()  # type: ignore[union-attr]
     # The campaign's audience is every user, the urgent recipient included.
     assert harness.store.count_by_status(harness.group) == {"pending": 31}
+
+
+def test_dead_lettered_ids_are_dequeued(harness: Harness, smtp_sink: SinkServer) -> None:
+    harness = harness.with_smtp(smtp_sink.url)
+    _campaign_for(harness, 2)
+    harness.populate()
+    harness.publish()
+    # What RabbitMQ does once a message exceeded its delivery limit: move it to GROUP.dead.
+    queue = QueueClient(harness.config.connections.rabbitmq_url)
+    poisoned = queue.get_batch(harness.group, max_count=1)[0]
+    queue.publish_ids(f"{harness.group}.dead", [poisoned.email_id or ""])
+    queue.ack([poisoned.delivery_tag])
+    queue.close()
+
+    harness.consume()
+
+    assert harness.statuses() == {"dequeued": 1, "sent": 1}
+    assert "delivery limit" in harness.dequeued()[poisoned.email_id or ""]["reason"]
+    assert len(smtp_sink.messages()) == 1

@@ -128,6 +128,19 @@ class QueueClient:
         except pika.exceptions.AMQPError as error:
             raise ServiceUnavailableError(f"consuming from queue {queue!r} failed: {error!r}") from error
 
+    def get_batch(self, queue: str, *, max_count: int) -> list[Delivery]:
+        """Take up to `max_count` messages from a queue without subscribing (basic.get)."""
+        deliveries = []
+        try:
+            for _ in range(max_count):
+                method, properties, body = self._channel.basic_get(queue)
+                if method is None:
+                    break
+                deliveries.append(_delivery(method, properties, body))
+        except pika.exceptions.AMQPError as error:
+            raise ServiceUnavailableError(f"reading from queue {queue!r} failed: {error!r}") from error
+        return deliveries
+
     def cancel_consumer(self) -> None:
         """Stop receiving; prefetched, unacked deliveries return to the queue."""
         try:

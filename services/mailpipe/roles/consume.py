@@ -33,7 +33,7 @@ from mailpipe.adapters.smtp import Accepted
 from mailpipe.backoff import backoff_delay_seconds
 from mailpipe.config import PipelineSpec
 from mailpipe.errors import PermanentError, RetryableError
-from mailpipe.topology import group_queues, retry_queue_name, work_queue_name
+from mailpipe.topology import dead_letter_queue_name, group_queues, retry_queue_name, work_queue_name
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class ConsumeQueue(Protocol):
         self, queue: str, email_ids: list[str], *, attempt: int = ..., expiration_ms: int | None = ...
     ) -> None: ...
     def serve_heartbeats(self) -> None: ...
+    def get_batch(self, queue: str, *, max_count: int) -> list[Delivery]: ...
 
 
 class Transport(Protocol):
@@ -106,6 +107,7 @@ class Consumer:
         self.result = ConsumeResult()
         # A claim younger than this may belong to a consumer that is still sending it.
         self.in_flight_grace = timedelta(seconds=2 * spec.smtp.timeout_seconds + 10)
+        self.dead_letter_check_seconds = 30.0
 
     def run(self, *, should_stop: Callable[[], bool], idle_exit_seconds: float | None = None) -> ConsumeResult:
         """Consume until `should_stop()` is true (checked between batches), or until the queue has
@@ -113,11 +115,15 @@ class Consumer:
         self.queue.declare(group_queues(self.group, spec=self.spec))
         log.info("consume: %s consuming group %s (prefetch %d)", self.name, self.group, self.settings.prefetch)
         idle_since = time.monotonic()
+        next_dead_letter_check = time.monotonic()
         try:
             for batch in self.queue.consume_batches(work_queue_name(self.group), prefetch=self.settings.prefetch):
                 if batch:
                     self.handle_batch(batch)
                     idle_since = time.monotonic()
+                if time.monotonic() >= next_dead_letter_check:
+                    self.handle_dead_letters()
+                    next_dead_letter_check = time.monotonic() + self.dead_letter_check_seconds
                 elif idle_exit_seconds is not None and time.monotonic() - idle_since > idle_exit_seconds:
                     break
                 if should_stop():
@@ -156,6 +162,32 @@ class Consumer:
                 self._handle_unclaimed(delivery, document, work)
             work.acks.append(delivery.delivery_tag)
 
+        self._apply(work)
+
+    def handle_dead_letters(self, *, max_count: int = 100) -> None:
+        """Dequeue the emails whose ids RabbitMQ dead-lettered after too many deliveries.
+
+        An id lands in `GROUP.dead` when its deliveries kept failing without an ack (a consumer
+        crashing on it, say), so sending it again could crash again. It is recorded as failed
+        instead, unless its outcome is already known.
+        """
+        deliveries = self.queue.get_batch(dead_letter_queue_name(self.group), max_count=max_count)
+        if not deliveries:
+            return
+        work = _BatchWork()
+        ids = [delivery.email_id for delivery in deliveries if delivery.email_id]
+        documents = self.store.emails_by_id(ids)
+        for delivery in deliveries:
+            work.acks.append(delivery.delivery_tag)
+            document = documents.get(delivery.email_id or "")
+            if document is None or document.get("status") in ("sent", "dequeued"):
+                continue
+            reason = (
+                f"delivered {self.spec.rabbitmq.delivery_limit} times without an acknowledgement"
+                " (RabbitMQ's delivery limit); not sent again"
+            )
+            log.warning("consume: email %s dead-lettered: %s", document["_id"], reason)
+            self._dequeue(document, attempt=delivery.attempt, reason=reason, smtp_code=None, at=self.clock(), work=work)
         self._apply(work)
 
     def _deliver(self, delivery: Delivery, document: dict[str, Any], work: _BatchWork) -> None:
