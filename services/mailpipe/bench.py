@@ -71,7 +71,7 @@ def seed_audience(database: ApplicationDatabase, emails: int) -> tuple[int, int]
 def campaign_finished(store: MailStore, group: str, *, expected: int) -> bool:
     # Counting scans cron_emails, which FerretDB does on the same core that serves the pipeline,
     # so look only once the publisher has nothing left of this group.
-    if store.pending.find_one({"group": group}) is not None:
+    if store.has_pending(group):
         return False
     counts = store.count_by_status(group)
     return counts.get("sent", 0) + counts.get("dequeued", 0) >= expected

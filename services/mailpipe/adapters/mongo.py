@@ -4,9 +4,10 @@ Collections:
 - `cron_emails`: one document per email, `_id` derived from its source row, so inserting the same
   email twice is a duplicate-key error and never a second email.
 - `dequeued_mails`: the whole document of every email that failed for good, with every reason.
-- `pending_emails`: a copy of every `cron_emails` document that still waits for the publisher,
-  removed once its id is published. The publisher reads its chunks here, so the cost of finding
-  pending emails follows the backlog instead of the size of `cron_emails`. (On MongoDB an index on
+- `pending_emails_GROUP`, one per group: a copy of every `cron_emails` document of the group that
+  still waits for the publisher, removed once its id is published. The publisher reads its chunks
+  here, so the cost of finding pending emails follows the group's backlog instead of the size of
+  `cron_emails`, and a large campaign does not slow down the transactional group. (On MongoDB an index on
   `status` would do; FerretDB 1.24 scans for any filter but `{"_id": value}`, and scanning the
   published documents first made each chunk slower than the one before.)
 - `populate_cursors`: how far populate has read each source.
@@ -84,7 +85,6 @@ class MailStore:
         self.database = self._client[name]
         self.emails = self.database["cron_emails"]
         self.dequeued = self.database["dequeued_mails"]
-        self.pending = self.database["pending_emails"]
         self.cursors = self.database["populate_cursors"]
         self.batches = self.database["publish_batches"]
         self.claims = self.database["delivery_claims"]
@@ -128,7 +128,9 @@ class MailStore:
         if duplicate_ids:
             stored = self.emails_by_id(duplicate_ids)
             pending += [document for document in stored.values() if document.get("status") == "pending"]
-        self._insert_ignoring_duplicates(self.pending, pending, "storing pending emails")
+        for group in sorted({str(document["group"]) for document in pending}):
+            copies = [document for document in pending if document["group"] == group]
+            self._insert_ignoring_duplicates(self.pending(group), copies, "storing pending emails")
         return InsertCounts(created=len(created), duplicates=len(duplicate_ids))
 
     def _insert_ignoring_duplicates(
@@ -157,13 +159,20 @@ class MailStore:
     def pending_emails(self, group: str, *, limit: int) -> list[dict[str, Any]]:
         """Return up to `limit` emails of a group that wait for the publisher, oldest first."""
         with _translated("reading pending emails"):
-            return list(self.pending.find({"group": group}).limit(limit))
+            return list(self.pending(group).find({}).limit(limit))
 
-    def remove_pending(self, email_ids: Sequence[str]) -> None:
+    def has_pending(self, group: str) -> bool:
+        with _translated("reading pending emails"):
+            return self.pending(group).find_one({}) is not None
+
+    def remove_pending(self, group: str, email_ids: Sequence[str]) -> None:
         """Forget that these emails wait for the publisher (they were published or failed)."""
         for batch in _batches(list(email_ids), 1000):
-            with _translated("removing published emails from pending_emails"):
-                self.pending.delete_many({"_id": {"$in": list(batch)}})
+            with _translated("removing published emails from the pending emails"):
+                self.pending(group).delete_many({"_id": {"$in": list(batch)}})
+
+    def pending(self, group: str) -> pymongo.collection.Collection[dict[str, Any]]:
+        return self.database[f"pending_emails_{group}"]
 
     def open_publish_batch(self, batch_id: str, *, group: str, email_ids: Sequence[str]) -> None:
         with _translated("opening a publish batch"):

@@ -2,12 +2,14 @@
 into its finished message, stores it in the document and publishes the ids to the group's queue.
 
 Per chunk: one look-up of users and one of templates (`WHERE id IN (...)`), never one per email.
-Pending emails are read from `pending_emails` and removed from there once published. Crash
-safety: the chunk's ids are journaled in `publish_batches` before they are marked queued and
-published, and the journal entry is removed only after RabbitMQ confirmed every id and the ids
-left `pending_emails`. A publisher killed mid-chunk leaves its entry behind; the next run
-publishes that batch's queued ids again. Ids already published then sit in the queue twice, and
-the consumer's claims send each email once.
+Pending emails are read from the group's `pending_emails_GROUP` collection and removed from it
+once published.
+
+Crash safety: the chunk's ids are journaled in `publish_batches` before they are marked queued
+and published. The journal entry is removed only after RabbitMQ confirmed every id and the ids
+left the pending collection. A publisher killed mid-chunk leaves its entry behind, and the next
+run publishes that batch's queued ids again. Ids already published then sit in the queue twice,
+and the consumer's claims send each email once.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class PublishStore(Protocol):
     def close_publish_batch(self, batch_id: str) -> None: ...
     def open_publish_batches(self, group: str) -> list[dict[str, Any]]: ...
     def bake_emails(self, baked: dict[str, dict[str, Any]]) -> None: ...
-    def remove_pending(self, email_ids: list[str]) -> None: ...
+    def remove_pending(self, group: str, email_ids: list[str]) -> None: ...
     def emails_by_id(self, email_ids: list[str]) -> dict[str, dict[str, Any]]: ...
     def dequeue(self, documents: list[dict[str, Any]], *, stage: str) -> None: ...
 
@@ -97,7 +99,7 @@ def recover_open_batches(group: str, *, store: PublishStore, queue: IdPublisher)
         queue.publish_ids(work_queue_name(group), queued)
         # Ids still pending are published with a later chunk; every other id is done.
         done = [email_id for email_id in batch["ids"] if documents.get(email_id, {}).get("status") != "pending"]
-        store.remove_pending(done)
+        store.remove_pending(group, done)
         store.close_publish_batch(batch["_id"])
         republished += len(queued)
     return republished
@@ -133,13 +135,13 @@ def publish_chunk(
         store.open_publish_batch(batch_id, group=group, email_ids=email_ids)
         store.bake_emails(baked)
         queue.publish_ids(work_queue_name(group), email_ids)
-        store.remove_pending(email_ids)
+        store.remove_pending(group, email_ids)
         store.close_publish_batch(batch_id)
         result.queued += len(email_ids)
         metrics.PUBLISHED.labels(group=group, outcome="queued").inc(len(email_ids))
     if failed:
         store.dequeue(failed, stage="publish")
-        store.remove_pending([document["_id"] for document in failed])
+        store.remove_pending(group, [document["_id"] for document in failed])
         result.failed += len(failed)
         metrics.PUBLISHED.labels(group=group, outcome="failed").inc(len(failed))
         metrics.DEQUEUED.labels(group=group, stage="publish").inc(len(failed))
