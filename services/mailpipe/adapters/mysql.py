@@ -121,7 +121,7 @@ class ApplicationDatabase:
         connection = self._connect()
         try:
             with connection.cursor() as cursor:
-                yield cursor  # type: ignore[misc]
+                yield cursor
         except (pymysql.OperationalError, pymysql.InterfaceError) as error:
             # A lost connection or a server-side failure: drop the connection so the next call
             # reconnects, and let the role stop this chunk.

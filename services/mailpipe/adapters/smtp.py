@@ -142,6 +142,7 @@ class SmtpTransport:
                 )
             mail_options = ["SMTPUTF8", "BODY=8BITMIME"]
         try:
+            reply: bytes | str
             code, reply = connection.mail(envelope_from, mail_options)
             if code == 250:
                 code, reply = connection.rcpt(envelope_to)
