@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="benchmark: emails end to end into smtp-sink beside raw SMTP speed")
     bench.add_argument("--emails", type=int, default=100_000, help="campaign size (default 100000)")
-    bench.add_argument("--consumers", type=int, default=4, help="campaign consumers (default 4)")
+    bench.add_argument("--consumers", type=int, default=2, help="campaign consumers (default 2)")
     return parser
 
 
@@ -107,13 +107,15 @@ def dispatch(arguments: argparse.Namespace, config: Config) -> int:
 
     command = arguments.command
     pushgateway = config.connections.pushgateway_url or config.spec.monitoring.pushgateway_url
+    # On a tight schedule the scheduled jobs keep their connections between runs; reconnecting
+    # every second would add its own latency to urgent mail.
+    keep_open = arguments.command in ("populate", "publish") and arguments.every is not None and arguments.every <= 10
     if command == "populate":
         sources = ("outbox", "campaigns") if arguments.source == "all" else (arguments.source,)
-        return _scheduled(arguments, "populate", lambda: jobs.run_populate(config, sources=sources), pushgateway)
+        return _scheduled(arguments, "populate", jobs.PopulateJob(config, sources=sources, keep_open=keep_open), pushgateway)
     if command == "publish":
-        groups = arguments.group
-        max_chunks = arguments.max_chunks
-        return _scheduled(arguments, "publish", lambda: jobs.run_publish(config, groups=groups, max_chunks=max_chunks), pushgateway)
+        job = jobs.PublishJob(config, groups=arguments.group, max_chunks=arguments.max_chunks, keep_open=keep_open)
+        return _scheduled(arguments, "publish", job, pushgateway)
     if command == "consume":
         metrics.serve_metrics(arguments.metrics_port or config.spec.monitoring.metrics_port)
         stop = jobs.StopFlag()

@@ -30,51 +30,107 @@ from mailpipe.topology import CANARY_QUEUE, all_queues, group_queues
 log = logging.getLogger(__name__)
 
 
-def run_populate(config: Config, *, sources: tuple[str, ...] = ("outbox", "campaigns")) -> PopulateResult:
-    database = ApplicationDatabase(config.connections.mysql_url)
-    store = MailStore(config.connections.mongodb_url)
-    try:
-        store.ensure_indexes()
-        result = populate(source=database, sink=store, spec=config.spec, sources=sources)
-    finally:
-        database.close()
-        store.close()
-    metrics.JOB_LAST_SUCCESS.labels(job="populate").set_to_current_time()
-    log.info("populate finished: %s", dict(result.counts) or "nothing new")
-    return result
+class PopulateJob:
+    """populate with its connections; `keep_open` keeps them between runs of a tight schedule."""
+
+    def __init__(self, config: Config, *, sources: tuple[str, ...], keep_open: bool = False) -> None:
+        self.config = config
+        self.sources = sources
+        self.keep_open = keep_open
+        self._database: ApplicationDatabase | None = None
+        self._store: MailStore | None = None
+
+    def __call__(self) -> PopulateResult:
+        if self._database is None or self._store is None:
+            self._database = ApplicationDatabase(self.config.connections.mysql_url)
+            self._store = MailStore(self.config.connections.mongodb_url)
+            self._store.ensure_indexes()
+        try:
+            result = populate(source=self._database, sink=self._store, spec=self.config.spec, sources=self.sources)
+        except BaseException:
+            self.close()
+            raise
+        if not self.keep_open:
+            self.close()
+        metrics.JOB_LAST_SUCCESS.labels(job="populate").set_to_current_time()
+        log.log(logging.INFO if result.counts else logging.DEBUG, "populate finished: %s", dict(result.counts) or "nothing new")
+        return result
+
+    def close(self) -> None:
+        if self._database is not None:
+            self._database.close()
+        if self._store is not None:
+            self._store.close()
+        self._database = None
+        self._store = None
 
 
-def run_publish(config: Config, *, groups: Sequence[str] | None = None, max_chunks: int | None = None) -> dict[str, PublishResult]:
-    names = list(groups) if groups else [group.name for group in config.spec.groups]
-    for name in names:
-        config.spec.group(name)  # fail early, naming the configured groups
-    database = ApplicationDatabase(config.connections.mysql_url)
-    store = MailStore(config.connections.mongodb_url)
-    queue = QueueClient(config.connections.rabbitmq_url, name=f"mailpipe-publish-{socket.gethostname()}")
-    results: dict[str, PublishResult] = {}
-    publisher: PipelinedPublisher | None = None
-    try:
-        publisher = PipelinedPublisher(config.connections.rabbitmq_url, name=f"mailpipe-publish-{socket.gethostname()}")
-        # The healthcheck's canary queue is part of the topology; declaring it here means a local
-        # pipeline has it without the operator, and a deleted one is still reported as missing.
-        queue.declare([definition for definition in all_queues(config.spec) if definition.name == CANARY_QUEUE])
-        for name in names:
-            queue.declare(group_queues(name, spec=config.spec))
-            results[name] = publish_group(
-                name, lookups=database, store=store, queue=publisher, spec=config.spec, max_chunks=max_chunks
-            )
-            log.info(
-                "publish: group %s: %d queued, %d failed, %d republished from unfinished batches",
-                name, results[name].queued, results[name].failed, results[name].republished,
-            )
-    finally:
-        if publisher is not None:
-            publisher.close()
-        queue.close()
-        database.close()
-        store.close()
-    metrics.JOB_LAST_SUCCESS.labels(job="publish").set_to_current_time()
-    return results
+class PublishJob:
+    """publish with its connections; `keep_open` keeps them between runs of a tight schedule."""
+
+    def __init__(self, config: Config, *, groups: Sequence[str] | None = None, max_chunks: int | None = None,
+                 keep_open: bool = False) -> None:
+        self.config = config
+        self.groups = list(groups) if groups else [group.name for group in config.spec.groups]
+        for name in self.groups:
+            config.spec.group(name)  # fail early, naming the configured groups
+        self.max_chunks = max_chunks
+        self.keep_open = keep_open
+        self._database: ApplicationDatabase | None = None
+        self._store: MailStore | None = None
+        self._publisher: PipelinedPublisher | None = None
+
+    def _open(self) -> tuple[ApplicationDatabase, MailStore, PipelinedPublisher]:
+        if self._database is None or self._store is None or self._publisher is None:
+            self.close()
+            name = f"mailpipe-publish-{socket.gethostname()}"
+            self._database = ApplicationDatabase(self.config.connections.mysql_url)
+            self._store = MailStore(self.config.connections.mongodb_url)
+            queue = QueueClient(self.config.connections.rabbitmq_url, name=name)
+            try:
+                # The healthcheck's canary queue is part of the topology; declaring it here means a
+                # local pipeline has it without the operator, and a deleted one is reported missing.
+                queue.declare([queue_definition for queue_definition in all_queues(self.config.spec)
+                               if queue_definition.name == CANARY_QUEUE])
+                for group in self.groups:
+                    queue.declare(group_queues(group, spec=self.config.spec))
+            finally:
+                queue.close()
+            self._publisher = PipelinedPublisher(self.config.connections.rabbitmq_url, name=name)
+        return self._database, self._store, self._publisher
+
+    def __call__(self) -> dict[str, PublishResult]:
+        results: dict[str, PublishResult] = {}
+        try:
+            database, store, publisher = self._open()
+            for name in self.groups:
+                result = publish_group(
+                    name, lookups=database, store=store, queue=publisher, spec=self.config.spec, max_chunks=self.max_chunks
+                )
+                results[name] = result
+                log.log(
+                    logging.INFO if (result.queued or result.failed or result.republished) else logging.DEBUG,
+                    "publish: group %s: %d queued, %d failed, %d republished from unfinished batches",
+                    name, result.queued, result.failed, result.republished,
+                )
+        except BaseException:
+            self.close()
+            raise
+        if not self.keep_open:
+            self.close()
+        metrics.JOB_LAST_SUCCESS.labels(job="publish").set_to_current_time()
+        return results
+
+    def close(self) -> None:
+        if self._publisher is not None:
+            self._publisher.close()
+        if self._database is not None:
+            self._database.close()
+        if self._store is not None:
+            self._store.close()
+        self._database = None
+        self._store = None
+        self._publisher = None
 
 
 class StopFlag:
