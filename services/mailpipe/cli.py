@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from mailpipe import __version__, metrics
 from mailpipe.config import Config, load_config
@@ -28,7 +29,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="YAML configuration file (default: $MAILPIPE_CONFIG, else built-in defaults)",
     )
     parser.add_argument("--log-level", default=os.environ.get("MAILPIPE_LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING or ERROR")
+    # The same options after the command (`mailpipe consume news --config FILE`), as the
+    # operator's containers pass them; SUPPRESS keeps a value given before the command.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("--log-level", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_command = commands.add_parser
+
+    def add_parser(name: str, **options: Any) -> argparse.ArgumentParser:
+        return add_command(name, parents=[common], **options)
+
+    commands.add_parser = add_parser  # type: ignore[method-assign]
 
     populate = commands.add_parser("populate", help="read due campaigns and new outbox rows into cron_emails")
     populate.add_argument("--source", choices=["all", "outbox", "campaigns"], default="all", help="which source to read")
@@ -117,6 +129,7 @@ def dispatch(arguments: argparse.Namespace, config: Config) -> int:
         job = jobs.PublishJob(config, groups=arguments.group, max_chunks=arguments.max_chunks, keep_open=keep_open)
         return _scheduled(arguments, "publish", job, pushgateway)
     if command == "consume":
+        config.spec.group(arguments.group)  # an unknown group fails before anything starts
         metrics.serve_metrics(arguments.metrics_port or config.spec.monitoring.metrics_port)
         stop = jobs.StopFlag()
         stop.install()

@@ -13,6 +13,7 @@ import logging
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, push_to_gateway, start_http_server
 
 from mailpipe import __version__
+from mailpipe.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,12 @@ JOB_LAST_SUCCESS = Gauge(
 
 def serve_metrics(port: int) -> None:
     """Serve /metrics on all interfaces at `port` from a background thread (long-running roles)."""
-    start_http_server(port)
+    try:
+        start_http_server(port)
+    except OSError as error:
+        raise ConfigError(
+            f"cannot serve metrics on port {port}: {error.strerror}; choose another port with --metrics-port"
+        ) from error
     log.info("serving metrics on port %d", port)
 
 
