@@ -9,6 +9,7 @@ The kubernetes package ships no type hints, hence the `no-untyped-call` ignores 
 from __future__ import annotations
 
 import base64
+import os
 from typing import Any, cast
 
 from kubernetes import client, config
@@ -36,8 +37,9 @@ def load_api_client() -> client.ApiClient:
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
-        # Not running in a pod: development and tests use $KUBECONFIG or ~/.kube/config.
-        config.load_kube_config()  # type: ignore[no-untyped-call]
+        # Not running in a pod: development and tests use $KUBECONFIG or ~/.kube/config. The
+        # variable is read here because the library reads it only once, when it is imported.
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))  # type: ignore[no-untyped-call]
     return client.ApiClient()
 
 
@@ -94,7 +96,7 @@ class KubernetesClient:
             raise _error("creating", _describe(manifest), error) from error
         return True
 
-    def get(self, *, api_version: str, kind: str, name: str, namespace: str) -> Manifest | None:
+    def get(self, *, api_version: str, kind: str, name: str, namespace: str | None) -> Manifest | None:
         resource = self._resource(api_version, kind)
         try:
             result = self._dynamic.get(resource, name=name, namespace=namespace)  # type: ignore[no-untyped-call]
@@ -105,7 +107,7 @@ class KubernetesClient:
             raise _error("reading", f"{kind} {namespace}/{name}", error) from error
         return cast(Manifest, result.to_dict())
 
-    def delete(self, *, api_version: str, kind: str, name: str, namespace: str) -> bool:
+    def delete(self, *, api_version: str, kind: str, name: str, namespace: str | None) -> bool:
         """Delete an object; return False when it was already gone."""
         resource = self._resource(api_version, kind)
         try:
