@@ -6,11 +6,13 @@ previous one left, as a user's successive edits would.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from mailpipe_operator.handlers import RESYNC_SECONDS
 from operator_helpers import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -307,6 +309,24 @@ def test_backlog_scales_consumers_up_then_down(kube: Any, namespace: str, broker
     group = wait_for(group_status, timeout_seconds=30, message=f"the status of group {queue} to show 1 consumer")
     assert group["lastScaleReason"].endswith("needs only 1 consumers")
     assert group["backlog"] == 0
+
+
+def test_paused_pipeline_left_alone(kube: Any, namespace: str) -> None:
+    name = f"{NAME}-audit-dequeued"
+    patch_spec(kube, namespace, {"paused": True})
+    wait_for(lambda: condition(kube, namespace, "Ready").get("reason") == "Paused", message="Ready reason Paused")
+    kube.delete(api_version="batch/v1", kind="CronJob", name=name, namespace=namespace)
+    # Proving that something does not happen takes a time window; three resync intervals give
+    # an unpaused operator time to put the CronJob back (it takes one in the deletion test).
+    deadline = time.monotonic() + 3 * RESYNC_SECONDS
+    while time.monotonic() < deadline:
+        assert kube.get(api_version="batch/v1", kind="CronJob", name=name, namespace=namespace) is None
+        time.sleep(0.5)
+
+    patch_spec(kube, namespace, {"paused": False})
+    wait_for(lambda: kube.get(api_version="batch/v1", kind="CronJob", name=name, namespace=namespace),
+             timeout_seconds=30, message=f"CronJob {name} to return after unpausing")
+    wait_for(lambda: condition(kube, namespace, "Ready").get("status") == "True", message="Ready=True again")
 
 
 @pytest.mark.parametrize(
