@@ -1,5 +1,5 @@
-"""What the operator does with RabbitMQ itself, through the management API: keep the topology
-declared and read each group's load. The topology comes from `mailpipe.topology`, the same
+"""The operator's work on RabbitMQ itself, through the management API: keeping the topology
+declared and reading each group's load. The topology comes from `mailpipe.topology`, the same
 definitions that the consumers and the healthcheck use."""
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ def ensure_topology(admin: Admin, spec: PipelineSpec, *, logger: logging.LoggerA
 
     policy = topology.work_queue_policy(spec)
     current = {item["name"]: item for item in admin.policies()}.get(policy["name"])
-    wanted = (policy["pattern"], policy["definition"], policy["apply-to"], policy["priority"])
-    if current is None or (current["pattern"], current["definition"], current["apply-to"], current["priority"]) != wanted:
+    expected = (policy["pattern"], policy["definition"], policy["apply-to"], policy["priority"])
+    if current is None or (current["pattern"], current["definition"], current["apply-to"], current["priority"]) != expected:
         admin.put_policy(
             policy["name"],
             pattern=policy["pattern"],

@@ -2,7 +2,7 @@
 
 Objects are applied with server-side apply under one field manager, so an unchanged manifest
 changes nothing on the server and a field edited by hand is put back. "Already exists" on create
-and "not found" on delete are the outcomes the caller wanted, so they are not errors here.
+and "not found" on delete are the outcomes the caller expects, so they are not errors here.
 The kubernetes package ships no type hints, hence the `no-untyped-call` ignores below.
 """
 
@@ -48,8 +48,8 @@ def _describe(manifest: Manifest) -> str:
     return f"{manifest.get('kind')} {meta.get('namespace', '')}/{meta.get('name')}"
 
 
-def _error(action: str, what: str, error: ApiException) -> KubernetesError:
-    return KubernetesError(f"{action} {what} failed: {error.status} {error.reason}", status=error.status)
+def _error(action: str, subject: str, error: ApiException) -> KubernetesError:
+    return KubernetesError(f"{action} {subject} failed: {error.status} {error.reason}", status=error.status)
 
 
 class KubernetesClient:
@@ -102,7 +102,7 @@ class KubernetesClient:
             result = self._dynamic.get(resource, name=name, namespace=namespace)  # type: ignore[no-untyped-call]
         except ApiException as error:
             if error.status == NOT_FOUND:
-                # A missing object is an answer, not a failure: the caller creates or skips it.
+                # A missing object is a valid result, not a failure, because the caller creates or skips it.
                 return None
             raise _error("reading", f"{kind} {namespace}/{name}", error) from error
         return cast(Manifest, result.to_dict())

@@ -1,4 +1,4 @@
-"""Reconcile one EmailPipeline: compare what exists with what the spec asks for, apply the
+"""Reconcile one EmailPipeline: compare what exists with what the spec specifies, apply the
 difference, and return the status and events to record.
 
 Every pass applies every object with server-side apply; the API server changes only what
@@ -41,7 +41,7 @@ class Event:
 
 @dataclass
 class Pass:
-    """What one reconciliation pass learned; turned into status at the end."""
+    """Findings of one reconciliation pass, turned into status at the end."""
 
     events: list[Event] = field(default_factory=list)
     problems: list[tuple[str, str]] = field(default_factory=list)
@@ -127,23 +127,23 @@ def ensure_rabbitmq(kube: KubernetesClient, pipeline: Pipeline, current: Pass, *
 def guard_statefulset_change(
     pipeline: Pipeline, existing: Manifest | None, current: Pass
 ) -> tuple[int, list[Manifest] | None]:
-    """Keep the running replicas and claim templates where the spec asks for what must not happen.
+    """Keep the running replicas and claim templates where the spec requests a forbidden change.
 
     Removing RabbitMQ nodes without first moving their quorum queue members can lose a majority,
     so a scale-down is refused. Kubernetes forbids editing claim templates, so a new size or class
     is reported instead of failing every apply.
     """
-    wanted = pipeline.spec.rabbitmq.replicas
+    requested = pipeline.spec.rabbitmq.replicas
     if existing is None:
-        return wanted, None
+        return requested, None
 
     spec = existing.get("spec") or {}
     running = int(spec.get("replicas") or 0)
-    replicas = wanted
-    if wanted < running:
+    replicas = requested
+    if requested < running:
         replicas = running
         current.problems.append(
-            ("ScaleDownRefused", f"RabbitMQ scale-down from {running} to {wanted} nodes is not supported; keeping {running}")
+            ("ScaleDownRefused", f"RabbitMQ scale-down from {running} to {requested} nodes is not supported; keeping {running}")
         )
 
     existing_claims = spec.get("volumeClaimTemplates") or []
@@ -166,20 +166,20 @@ def _claim_key(claim: Manifest) -> tuple[str, str | None, str]:
     return (claim["metadata"]["name"], spec.get("storageClassName"), storage)
 
 
-def _claims_match(existing: list[Manifest], wanted: list[Manifest]) -> bool:
+def _claims_match(existing: list[Manifest], requested: list[Manifest]) -> bool:
     # The API server fills in the default StorageClass, so an unset class matches any.
-    for old, new in zip(existing, wanted, strict=False):
+    for old, new in zip(existing, requested, strict=False):
         old_name, old_class, old_size = _claim_key(old)
         new_name, new_class, new_size = _claim_key(new)
         if (old_name, old_size) != (new_name, new_size) or (new_class is not None and new_class != old_class):
             return False
-    return len(existing) == len(wanted)
+    return len(existing) == len(requested)
 
 
 def _claim_for_apply(claim: Manifest) -> Manifest:
     spec = claim.get("spec") or {}
-    kept = {key: spec[key] for key in ("accessModes", "resources", "storageClassName") if spec.get(key)}
-    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim["metadata"]["name"]}, "spec": kept}
+    retained = {key: spec[key] for key in ("accessModes", "resources", "storageClassName") if spec.get(key)}
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim["metadata"]["name"]}, "spec": retained}
 
 
 # CronJobs
@@ -326,11 +326,11 @@ def apply_monitoring(kube: KubernetesClient, pipeline: Pipeline) -> None:
     for manifest in monitoring.metrics_services(pipeline):
         kube.apply(manifest)
     settings = pipeline.spec.monitoring
-    wanted = [
+    switches = [
         (settings.service_monitor, "ServiceMonitor", monitoring.service_monitor),
         (settings.prometheus_rule, "PrometheusRule", monitoring.prometheus_rule),
     ]
-    for enabled, kind, build in wanted:
+    for enabled, kind, build in switches:
         if not kube.kind_exists(api_version=monitoring.MONITORING_API_VERSION, kind=kind):
             continue
         if enabled:

@@ -13,7 +13,7 @@ from datetime import datetime
 
 @dataclass(frozen=True)
 class GroupLoad:
-    """What the broker reports about one group's work queue."""
+    """Message counts of one group's work queue, as the broker reports them."""
 
     ready: int
     unacked: int
@@ -65,9 +65,9 @@ def decide_replicas(
     flap, and never goes below the consumers that hold unacked messages. The result always lies
     between the group's minimum and maximum.
     """
-    wanted = math.ceil(load.backlog / limits.target_backlog_per_consumer)
+    needed = math.ceil(load.backlog / limits.target_backlog_per_consumer)
     floor = min(consumers_holding_unacked(load, prefetch=limits.prefetch), limits.max_consumers)
-    target = max(limits.min_consumers, min(limits.max_consumers, max(wanted, floor)))
+    target = max(limits.min_consumers, min(limits.max_consumers, max(needed, floor)))
 
     if target > current:
         return ScalingDecision(target, f"backlog {load.backlog} needs {target} consumers")

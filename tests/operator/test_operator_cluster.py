@@ -101,7 +101,7 @@ def owned_objects(kube: Any, namespace: str) -> dict[tuple[str, str], dict[str, 
 
 def versions(kube: Any, namespace: str) -> dict[tuple[str, str], str]:
     """Return each object's generation (workloads) or resourceVersion (others), which move only
-    when someone changes what the object asks for, not when controllers update its status."""
+    when someone changes the object's spec or data, not when controllers update its status."""
     result = {}
     for key, item in owned_objects(kube, namespace).items():
         meta = item["metadata"]
@@ -316,8 +316,8 @@ def test_paused_pipeline_left_alone(kube: Any, namespace: str) -> None:
     patch_spec(kube, namespace, {"paused": True})
     wait_for(lambda: condition(kube, namespace, "Ready").get("reason") == "Paused", message="Ready reason Paused")
     kube.delete(api_version="batch/v1", kind="CronJob", name=name, namespace=namespace)
-    # Proving that something does not happen takes a time window; three resync intervals give
-    # an unpaused operator time to put the CronJob back (it takes one in the deletion test).
+    # Proving that something does not happen takes a time window. Three resync intervals are
+    # enough for an unpaused operator to put the CronJob back, as the deletion test shows.
     deadline = time.monotonic() + 3 * RESYNC_SECONDS
     while time.monotonic() < deadline:
         assert kube.get(api_version="batch/v1", kind="CronJob", name=name, namespace=namespace) is None
