@@ -288,6 +288,8 @@ def scale_group(
 
     mode = group.scaling.mode
     if mode in ("hpa", "keda"):
+        # NOTE: switching an existing group from "operator" to "hpa" or "keda" drops this field
+        # manager's claim on replicas, which resets them to 1 until the HPA or KEDA acts.
         return None, record
     if mode == "none":
         return _record_replicas(record, group.min_consumers)
