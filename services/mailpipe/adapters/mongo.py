@@ -4,10 +4,11 @@ Collections:
 - `cron_emails`: one document per email, `_id` derived from its source row, so inserting the same
   email twice is a duplicate-key error and never a second email.
 - `dequeued_mails`: the whole document of every email that failed for good, with every reason.
-- `pending_emails_GROUP`, one per group: a copy of every `cron_emails` document of the group that
-  still waits for the publisher, removed once its id is published. The publisher reads its chunks
-  here, so the cost of finding pending emails follows the group's backlog instead of the size of
-  `cron_emails`, and a large campaign does not slow down the transactional group. (On MongoDB an index on
+- `pending_emails_GROUP`, one per group: the group's emails that wait for the publisher, as
+  chunks of at most `publish.chunkSize` copies of their `cron_emails` documents, oldest first. The
+  publisher takes the first chunk and deletes it once its ids are published. Finding pending work
+  thus reads one document, whatever the size of `cron_emails` or of the backlog, and a large
+  campaign does not slow down the transactional group. (On MongoDB an index on
   `status` would do; FerretDB 1.24 scans for any filter but `{"_id": value}`, and scanning the
   published documents first made each chunk slower than the one before.)
 - `populate_cursors`: how far populate has read each source.
@@ -48,6 +49,14 @@ DUPLICATE_KEY = 11000
 class InsertCounts:
     created: int
     duplicates: int
+
+
+@dataclass(frozen=True)
+class PendingChunk:
+    """Emails of one group that wait for the publisher, stored together as one document."""
+
+    chunk_id: str
+    emails: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -99,11 +108,12 @@ class MailStore:
 
     # --- populate -------------------------------------------------------------------------
 
-    def insert_emails(self, documents: Sequence[Mapping[str, Any]]) -> InsertCounts:
-        """Insert new email documents, and their `pending_emails` copies for the pending ones.
+    def insert_emails(self, documents: Sequence[Mapping[str, Any]], *, chunk_size: int = 1000) -> InsertCounts:
+        """Insert new email documents, and queue the pending ones for the publisher in chunks.
 
         Documents whose `_id` exists already count as duplicates. A duplicate that is still pending
-        gets its copy again, in case an earlier run stopped between the two inserts.
+        is queued again, in case an earlier run stopped between the two inserts; the chunk's `_id`
+        comes from its first and last email, so the same chunk is never stored twice.
         """
         created: list[Mapping[str, Any]] = []
         duplicate_ids: list[str] = []
@@ -129,8 +139,12 @@ class MailStore:
             stored = self.emails_by_id(duplicate_ids)
             pending += [document for document in stored.values() if document.get("status") == "pending"]
         for group in sorted({str(document["group"]) for document in pending}):
-            copies = [document for document in pending if document["group"] == group]
-            self._insert_ignoring_duplicates(self.pending(group), copies, "storing pending emails")
+            copies = [dict(document) for document in pending if document["group"] == group]
+            chunks = [
+                {"_id": f"{chunk[0]['_id']}..{chunk[-1]['_id']}", "group": group, "emails": list(chunk)}
+                for chunk in _batches(copies, chunk_size)
+            ]
+            self._insert_ignoring_duplicates(self.pending(group), chunks, "queueing pending emails")
         return InsertCounts(created=len(created), duplicates=len(duplicate_ids))
 
     def _insert_ignoring_duplicates(
@@ -156,27 +170,36 @@ class MailStore:
 
     # --- publish --------------------------------------------------------------------------
 
-    def pending_emails(self, group: str, *, limit: int) -> list[dict[str, Any]]:
-        """Return up to `limit` emails of a group that wait for the publisher, oldest first."""
+    def pending_chunk(self, group: str) -> PendingChunk | None:
+        """Return the group's oldest chunk of emails that wait for the publisher."""
         with _translated("reading pending emails"):
-            return list(self.pending(group).find({}).limit(limit))
+            chunk = self.pending(group).find_one({})
+        if chunk is None:
+            return None
+        return PendingChunk(chunk_id=str(chunk["_id"]), emails=list(chunk["emails"]))
 
     def has_pending(self, group: str) -> bool:
         with _translated("reading pending emails"):
-            return self.pending(group).find_one({}) is not None
+            return self.pending(group).find_one({}, {"_id": 1}) is not None
 
-    def remove_pending(self, group: str, email_ids: Sequence[str]) -> None:
-        """Forget that these emails wait for the publisher (they were published or failed)."""
-        for batch in _batches(list(email_ids), 1000):
-            with _translated("removing published emails from the pending emails"):
-                self.pending(group).delete_many({"_id": {"$in": list(batch)}})
+    def keep_pending(self, group: str, chunk_id: str, emails: Sequence[Mapping[str, Any]]) -> None:
+        """Replace a chunk's emails with `emails`, deleting the chunk when none is left."""
+        with _translated("updating pending emails"):
+            if emails:
+                self.pending(group).replace_one(
+                    {"_id": chunk_id}, {"group": group, "emails": [dict(email) for email in emails]}
+                )
+            else:
+                self.pending(group).delete_one({"_id": chunk_id})
 
     def pending(self, group: str) -> pymongo.collection.Collection[dict[str, Any]]:
         return self.database[f"pending_emails_{group}"]
 
-    def open_publish_batch(self, batch_id: str, *, group: str, email_ids: Sequence[str]) -> None:
+    def open_publish_batch(self, batch_id: str, *, group: str, chunk_id: str, email_ids: Sequence[str]) -> None:
         with _translated("opening a publish batch"):
-            self.batches.insert_one({"_id": batch_id, "group": group, "ids": list(email_ids), "opened_at": now_utc()})
+            self.batches.insert_one(
+                {"_id": batch_id, "group": group, "chunk_id": chunk_id, "ids": list(email_ids), "opened_at": now_utc()}
+            )
 
     def close_publish_batch(self, batch_id: str) -> None:
         with _translated("closing a publish batch"):

@@ -31,7 +31,7 @@ class ApplicationSource(Protocol):
 
 
 class EmailSink(Protocol):
-    def insert_emails(self, documents: list[dict[str, Any]]) -> InsertCounts: ...
+    def insert_emails(self, documents: list[dict[str, Any]], *, chunk_size: int = ...) -> InsertCounts: ...
     def read_cursor(self, name: str) -> dict[str, Any] | None: ...
     def write_cursor(self, name: str, **fields: Any) -> None: ...
     def dequeue(self, documents: list[dict[str, Any]], *, stage: str) -> None: ...
@@ -81,7 +81,8 @@ def populate_outbox(
             return
         now = clock()
         documents = [outbox_document(row, now=now) for row in rows]
-        _store_chunk(documents, sink=sink, source_name="outbox", result=result, groups=groups)
+        _store_chunk(documents, sink=sink, source_name="outbox", result=result, groups=groups,
+                     publish_chunk_size=spec.publish.chunk_size)
         after_id = rows[-1].id
         sink.write_cursor(OUTBOX_CURSOR, last_id=after_id)
         log.info("populate: stored outbox rows up to id %d", after_id)
@@ -117,7 +118,8 @@ def populate_campaign(
                 result.add("campaign", "skipped_bounced")
             else:
                 documents.append(campaign_document(campaign, user, now=now))
-        _store_chunk(documents, sink=sink, source_name="campaign", result=result, groups=groups)
+        _store_chunk(documents, sink=sink, source_name="campaign", result=result, groups=groups,
+                     publish_chunk_size=spec.publish.chunk_size)
         after_user_id = users[-1].id
         sink.write_cursor(name, last_user_id=after_user_id, done=False)
     sink.write_cursor(name, last_user_id=after_user_id, done=True)
@@ -165,6 +167,7 @@ def _store_chunk(
     source_name: str,
     result: PopulateResult,
     groups: set[str],
+    publish_chunk_size: int,
 ) -> None:
     if not documents:
         return
@@ -180,7 +183,7 @@ def _store_chunk(
             document["dequeue_reason"] = reason
             document["attempts"] = [{"attempt": 0, "at": document["created_at"], "reason": reason, "smtp_code": None}]
             unusable.append(document)
-    counts = sink.insert_emails(documents)
+    counts = sink.insert_emails(documents, chunk_size=publish_chunk_size)
     result.add(source_name, "created", counts.created)
     result.add(source_name, "duplicate", counts.duplicates)
     if unusable:

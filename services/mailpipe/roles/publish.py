@@ -2,14 +2,14 @@
 into its finished message, stores it in the document and publishes the ids to the group's queue.
 
 Per chunk: one look-up of users and one of templates (`WHERE id IN (...)`), never one per email.
-Pending emails are read from the group's `pending_emails_GROUP` collection and removed from it
-once published.
+Populate queues pending emails in chunks of at most `publish.chunkSize` per group; the publisher
+takes the oldest chunk and deletes it once every id in it is published.
 
 Crash safety: the chunk's ids are journaled in `publish_batches` before they are marked queued
-and published. The journal entry is removed only after RabbitMQ confirmed every id and the ids
-left the pending collection. A publisher killed mid-chunk leaves its entry behind, and the next
-run publishes that batch's queued ids again. Ids already published then sit in the queue twice,
-and the consumer's claims send each email once.
+and published. The journal entry is removed only after RabbitMQ confirmed every id and the chunk
+was deleted. A publisher killed mid-chunk leaves its entry behind, and the next run publishes that
+batch's queued ids again and keeps only the chunk's still-pending emails. Ids already published
+then sit in the queue twice, and the consumer's claims send each email once.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mailpipe import metrics
-from mailpipe.adapters.mongo import now_utc
+from mailpipe.adapters.mongo import PendingChunk, now_utc
 from mailpipe.adapters.mysql import Template, User
 from mailpipe.config import PipelineSpec
 from mailpipe.errors import PermanentError
@@ -38,12 +38,12 @@ class LookupSource(Protocol):
 
 
 class PublishStore(Protocol):
-    def pending_emails(self, group: str, *, limit: int) -> list[dict[str, Any]]: ...
-    def open_publish_batch(self, batch_id: str, *, group: str, email_ids: list[str]) -> None: ...
+    def pending_chunk(self, group: str) -> PendingChunk | None: ...
+    def keep_pending(self, group: str, chunk_id: str, emails: list[dict[str, Any]]) -> None: ...
+    def open_publish_batch(self, batch_id: str, *, group: str, chunk_id: str, email_ids: list[str]) -> None: ...
     def close_publish_batch(self, batch_id: str) -> None: ...
     def open_publish_batches(self, group: str) -> list[dict[str, Any]]: ...
     def bake_emails(self, baked: dict[str, dict[str, Any]]) -> None: ...
-    def remove_pending(self, group: str, email_ids: list[str]) -> None: ...
     def emails_by_id(self, email_ids: list[str]) -> dict[str, dict[str, Any]]: ...
     def dequeue(self, documents: list[dict[str, Any]], *, stage: str) -> None: ...
 
@@ -75,11 +75,11 @@ def publish_group(
     result = PublishResult()
     result.republished = recover_open_batches(group, store=store, queue=queue)
     while max_chunks is None or result.chunks < max_chunks:
-        documents = store.pending_emails(group, limit=spec.publish.chunk_size)
-        if not documents:
+        chunk = store.pending_chunk(group)
+        if chunk is None:
             break
         started = time.perf_counter()
-        publish_chunk(group, documents, lookups=lookups, store=store, queue=queue, spec=spec, renderer=renderer, result=result)
+        publish_chunk(group, chunk, lookups=lookups, store=store, queue=queue, spec=spec, renderer=renderer, result=result)
         metrics.PUBLISH_CHUNK_DURATION.labels(group=group).observe(time.perf_counter() - started)
         result.chunks += 1
     return result
@@ -97,9 +97,11 @@ def recover_open_batches(group: str, *, store: PublishStore, queue: IdPublisher)
             batch["_id"], group, len(queued),
         )
         queue.publish_ids(work_queue_name(group), queued)
-        # Ids still pending are published with a later chunk; every other id is done.
-        done = [email_id for email_id in batch["ids"] if documents.get(email_id, {}).get("status") != "pending"]
-        store.remove_pending(group, done)
+        # The chunk keeps only its emails that are still pending; the next run publishes those.
+        chunk = store.pending_chunk(group)
+        if chunk is not None and chunk.chunk_id == batch.get("chunk_id"):
+            still_pending = [email for email in chunk.emails if documents.get(email["_id"], {}).get("status") == "pending"]
+            store.keep_pending(group, chunk.chunk_id, still_pending)
         store.close_publish_batch(batch["_id"])
         republished += len(queued)
     return republished
@@ -107,7 +109,7 @@ def recover_open_batches(group: str, *, store: PublishStore, queue: IdPublisher)
 
 def publish_chunk(
     group: str,
-    documents: list[dict[str, Any]],
+    chunk: PendingChunk,
     *,
     lookups: LookupSource,
     store: PublishStore,
@@ -116,6 +118,7 @@ def publish_chunk(
     renderer: TemplateRenderer,
     result: PublishResult,
 ) -> None:
+    documents = chunk.emails
     users = lookups.users_by_id([document["user_id"] for document in documents])
     templates = lookups.templates_by_id([document["template_id"] for document in documents])
 
@@ -132,16 +135,17 @@ def publish_chunk(
     if baked:
         batch_id = uuid.uuid4().hex
         email_ids = list(baked)
-        store.open_publish_batch(batch_id, group=group, email_ids=email_ids)
+        store.open_publish_batch(batch_id, group=group, chunk_id=chunk.chunk_id, email_ids=email_ids)
         store.bake_emails(baked)
         queue.publish_ids(work_queue_name(group), email_ids)
-        store.remove_pending(group, email_ids)
-        store.close_publish_batch(batch_id)
-        result.queued += len(email_ids)
-        metrics.PUBLISHED.labels(group=group, outcome="queued").inc(len(email_ids))
     if failed:
         store.dequeue(failed, stage="publish")
-        store.remove_pending(group, [document["_id"] for document in failed])
+    store.keep_pending(group, chunk.chunk_id, [])
+    if baked:
+        store.close_publish_batch(batch_id)
+        result.queued += len(baked)
+        metrics.PUBLISHED.labels(group=group, outcome="queued").inc(len(baked))
+    if failed:
         result.failed += len(failed)
         metrics.PUBLISHED.labels(group=group, outcome="failed").inc(len(failed))
         metrics.DEQUEUED.labels(group=group, stage="publish").inc(len(failed))
