@@ -2,8 +2,8 @@
 while transactional requests keep arriving, then measures the raw SMTP limit of the same machine
 with smtp-source into the same smtp-sink, and prints one comparison line.
 
-It uses databases of its own (`mailpipe_bench` in MySQL and MongoDB), dropped and made anew on
-every run, so it never touches the demo's data.
+It uses databases of its own in MySQL and MongoDB (`mailpipe_bench_<time>`), made for the run
+and dropped at its end, so it never touches the demo's data.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from mailpipe.seed import ANNOUNCEMENT, ORDER_CONFIRMATION, insert_template
 
 log = logging.getLogger(__name__)
 
-BENCH_DATABASE = "mailpipe_bench"
 SMTP_SINK_ADDRESS = os.environ.get("MAILPIPE_BENCH_SMTP_SINK", "127.0.0.1:2525")
 TRANSACTIONAL_PER_SECOND = 10
 FIRST_NAMES = ("Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia", "Niklaus")
@@ -39,19 +38,26 @@ def _with_database(url: str, database: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
 
 
-def reset_databases(config: Config) -> tuple[str, str]:
-    """Drop and create the benchmark's MySQL and MongoDB databases; return their URLs."""
+def create_databases(config: Config, name: str) -> tuple[str, str]:
+    """Create the benchmark's MySQL database; return the MySQL and MongoDB URLs for `name`."""
     arguments = connection_arguments(config.connections.mysql_url)
     server = pymysql.connect(**{key: arguments[key] for key in ("host", "port", "user", "password")}, autocommit=True)
     with server.cursor() as cursor:
-        cursor.execute(f"DROP DATABASE IF EXISTS `{BENCH_DATABASE}`")
-        cursor.execute(f"CREATE DATABASE `{BENCH_DATABASE}` CHARACTER SET utf8mb4")
+        cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
     server.close()
-    mongodb_url = _with_database(config.connections.mongodb_url, BENCH_DATABASE)
-    client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(mongodb_url)
-    client.drop_database(BENCH_DATABASE)
+    return _with_database(config.connections.mysql_url, name), _with_database(config.connections.mongodb_url, name)
+
+
+def drop_databases(config: Config, name: str) -> None:
+    """Drop the benchmark's databases, once no process of the run uses them any more."""
+    arguments = connection_arguments(config.connections.mysql_url)
+    server = pymysql.connect(**{key: arguments[key] for key in ("host", "port", "user", "password")}, autocommit=True)
+    with server.cursor() as cursor:
+        cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    server.close()
+    client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(_with_database(config.connections.mongodb_url, name))
+    client.drop_database(name)
     client.close()
-    return _with_database(config.connections.mysql_url, BENCH_DATABASE), mongodb_url
 
 
 def seed_audience(database: ApplicationDatabase, emails: int) -> tuple[int, int]:
@@ -91,7 +97,8 @@ def raw_smtp_rate(messages: int, *, message_bytes: int) -> float:
 
 
 def main(config: Config, *, emails: int, consumers: int) -> int:
-    mysql_url, mongodb_url = reset_databases(config)
+    name = f"mailpipe_bench_{datetime.now(UTC):%Y%m%d%H%M%S}"
+    mysql_url, mongodb_url = create_databases(config, name)
     environment = {
         "MAILPIPE_MYSQL_URL": mysql_url,
         "MAILPIPE_MONGODB_URL": mongodb_url,
@@ -157,6 +164,7 @@ def main(config: Config, *, emails: int, consumers: int) -> int:
         print(f"  {child.name:<28}{child.peak_rss_bytes / 2**20:8.1f} MiB")
     store.close()
     database.close()
+    drop_databases(config, name)
 
     print(f"Measuring raw SMTP: smtp-source, {emails} messages into the same smtp-sink ...", flush=True)
     raw = raw_smtp_rate(emails, message_bytes=1500)
