@@ -121,11 +121,11 @@ class Consumer:
                 if batch:
                     self.handle_batch(batch)
                     idle_since = time.monotonic()
+                elif idle_exit_seconds is not None and time.monotonic() - idle_since > idle_exit_seconds:
+                    break
                 if time.monotonic() >= next_dead_letter_check:
                     self.handle_dead_letters()
                     next_dead_letter_check = time.monotonic() + self.dead_letter_check_seconds
-                elif idle_exit_seconds is not None and time.monotonic() - idle_since > idle_exit_seconds:
-                    break
                 if should_stop():
                     break
         finally:
