@@ -26,7 +26,7 @@ BUILD_INFO.info({"version": __version__})
 POPULATED = Counter(
     "mailpipe_populated_total",
     "Rows that populate read, by source (campaign or outbox) and outcome "
-    "(created, duplicate, skipped_unsubscribed, skipped_bounced).",
+    "(created, duplicate, skipped_unsubscribed, skipped_bounced, failed).",
     ["source", "outcome"],
 )
 PUBLISHED = Counter(
@@ -43,7 +43,7 @@ PUBLISH_CHUNK_DURATION = Histogram(
 DELIVERIES = Counter(
     "mailpipe_deliveries_total",
     "Deliveries that consumers handled, by group and outcome "
-    "(sent, retried, dequeued, duplicate, missing).",
+    "(sent, retried, dequeued, duplicate, recheck, missing, malformed).",
     ["group", "outcome"],
 )
 SEND_DURATION = Histogram(
@@ -65,7 +65,7 @@ RETRIES = Counter(
 )
 DEQUEUED = Counter(
     "mailpipe_dequeued_total",
-    "Emails that failed for good and were saved to dequeued_mails, by group and stage (publish, consume).",
+    "Emails that failed for good and were saved to dequeued_mails, by group and stage (populate, publish, consume).",
     ["group", "stage"],
 )
 SMTP_CONNECTIONS = Counter(

@@ -191,3 +191,5 @@ def _store_chunk(
             log.warning("populate: email %s fails: %s", document["_id"], document["dequeue_reason"])
         sink.dequeue(unusable, stage="populate")
         result.add(source_name, "failed", len(unusable))
+        for document in unusable:
+            metrics.DEQUEUED.labels(group=document["group"], stage="populate").inc()
