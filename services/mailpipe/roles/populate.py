@@ -192,4 +192,6 @@ def _store_chunk(
         sink.dequeue(unusable, stage="populate")
         result.add(source_name, "failed", len(unusable))
         for document in unusable:
-            metrics.DEQUEUED.labels(group=document["group"], stage="populate").inc()
+            # Label values must come from a closed set: an unconfigured group counts as "unknown".
+            label = document["group"] if document["group"] in groups else "unknown"
+            metrics.DEQUEUED.labels(group=label, stage="populate").inc()
