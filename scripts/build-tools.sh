@@ -42,7 +42,7 @@ build_with_wrapper() {
             go mod edit -require "$requirement"
         done
         mkdir -p "$out/bin"
-        go build -ldflags="-s -w" -o "$out/bin/" "$@"
+        go build -ldflags="-s -w ${extra_ldflags:-}" -o "$out/bin/" "$@"
     )
     rm -rf "$work"
     touch "$out/.complete"
@@ -80,8 +80,16 @@ build_ferretdb() {
     rm -rf "$source_copy"
 }
 
+# Helm's release builds stamp its version and the Kubernetes version it assumes for
+# `helm template` and `helm lint`; without them it reports v3.22 and assumes Kubernetes v1.20.
 build_helm() {
-    build_with_wrapper helm "$HELM_VERSION" "helm.sh/helm/v3@$HELM_VERSION" "" helm.sh/helm/v3/cmd/helm
+    local minor=${KUBERNETES_VERSION#v1.}
+    local flags="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+    local package
+    for package in pkg/chartutil pkg/lint/rules; do
+        flags="$flags -X helm.sh/helm/v3/$package.k8sVersionMajor=1 -X helm.sh/helm/v3/$package.k8sVersionMinor=${minor%%.*}"
+    done
+    extra_ldflags=$flags build_with_wrapper helm "$HELM_VERSION" "helm.sh/helm/v3@$HELM_VERSION" "" helm.sh/helm/v3/cmd/helm
 }
 
 build_kwok() {
@@ -107,7 +115,13 @@ build_kubernetes() {
     for module in $(sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#\1#p' "$gomod"); do
         replaces="$replaces $module=$module@$staging_version"
     done
-    build_with_wrapper kubernetes "$KUBERNETES_VERSION" "k8s.io/kubernetes@$KUBERNETES_VERSION" "$replaces" \
+    # Release builds stamp the version; without it the API server reports v0.0.0, and charts with
+    # a kubeVersion constraint refuse to install.
+    local flags="" package
+    for package in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        flags="$flags -X $package.gitVersion=$KUBERNETES_VERSION -X $package.gitMajor=1 -X $package.gitMinor=${minor%%.*}"
+    done
+    extra_ldflags=$flags build_with_wrapper kubernetes "$KUBERNETES_VERSION" "k8s.io/kubernetes@$KUBERNETES_VERSION" "$replaces" \
         k8s.io/kubernetes/cmd/kube-apiserver \
         k8s.io/kubernetes/cmd/kube-controller-manager \
         k8s.io/kubernetes/cmd/kube-scheduler \

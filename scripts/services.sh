@@ -166,9 +166,10 @@ start_pushgateway() {
     log "pushgateway on http://127.0.0.1:$PUSHGATEWAY_PORT"
 }
 
+# Stops only what this state folder started (it has the pid file), never a server started elsewhere.
 stop_one() {
     local name=$1 pid_file=$state_dir/pids/$1.pid
-    if [ "$name" = rabbitmq ] && port_open "$RABBITMQ_PORT"; then
+    if [ "$name" = rabbitmq ] && [ -f "$pid_file" ] && port_open "$RABBITMQ_PORT"; then
         rabbitmq_environment
         "$rabbitmq_bin/rabbitmqctl" -n "$RABBITMQ_NODENAME" -q shutdown >/dev/null 2>&1 || true
     fi
