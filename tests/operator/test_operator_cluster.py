@@ -280,6 +280,41 @@ def test_edited_deployment_put_back(kube: Any, namespace: str, prefix: str) -> N
     wait_for(image_restored, timeout_seconds=30, message="the operator to restore the consumer image")
 
 
+def _monitoring_crd(plural: str, kind: str) -> dict[str, Any]:
+    """A minimal stand-in for the Prometheus operator's CRD: same group, kind and version."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.monitoring.coreos.com"},
+        "spec": {
+            "group": "monitoring.coreos.com",
+            "scope": "Namespaced",
+            "names": {"plural": plural, "singular": kind.lower(), "kind": kind},
+            "versions": [{
+                "name": "v1", "served": True, "storage": True,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+            }],
+        },
+    }
+
+
+def test_monitoring_objects_appear_with_their_crds(kube: Any, namespace: str) -> None:
+    for plural, kind in (("servicemonitors", "ServiceMonitor"), ("prometheusrules", "PrometheusRule")):
+        kube.apply(_monitoring_crd(plural, kind))
+
+    def created() -> bool:
+        kinds = ("ServiceMonitor", "PrometheusRule")
+        try:
+            found = [kube.get(api_version="monitoring.coreos.com/v1", kind=kind, name=NAME, namespace=namespace) for kind in kinds]
+        except Exception:  # noqa: BLE001 - the API server may not serve the new kinds yet
+            return False
+        return all(item is not None for item in found)
+
+    wait_for(created, timeout_seconds=3 * RESYNC_SECONDS + 30, message="ServiceMonitor and PrometheusRule to be created")
+    monitor = kube.get(api_version="monitoring.coreos.com/v1", kind="ServiceMonitor", name=NAME, namespace=namespace)
+    assert monitor["metadata"]["ownerReferences"][0]["kind"] == "EmailPipeline"
+
+
 def test_deleted_queue_redeclared(broker: Any, prefix: str) -> None:
     queue = f"{prefix}-{FAST_GROUP}.retry.1"
     broker.delete_queue(queue)

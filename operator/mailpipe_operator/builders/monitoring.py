@@ -48,7 +48,19 @@ def service_monitor(pipeline: Pipeline) -> Manifest:
                     METRICS_LABEL: "true",
                 }
             },
-            "endpoints": [{"port": "metrics", "interval": "30s"}],
+            # The dashboards and alert rules select and group by a `pipeline` label.
+            "endpoints": [
+                {
+                    "port": "metrics",
+                    "interval": "30s",
+                    "relabelings": [
+                        {
+                            "sourceLabels": ["__meta_kubernetes_service_label_app_kubernetes_io_instance"],
+                            "targetLabel": "pipeline",
+                        }
+                    ],
+                }
+            ],
         },
     }
 
