@@ -132,7 +132,7 @@ class RetryPolicy(Model):
 
 
 class Scaling(Model):
-    """Who scales a group's consumers: the operator from the backlog, an HPA, KEDA, or nobody."""
+    """The scaler of a group's consumers: the operator from the backlog, an HPA, KEDA, or none."""
 
     mode: Literal["operator", "hpa", "keda", "none"] = "operator"
     cooldown_seconds: Annotated[
@@ -167,7 +167,7 @@ def default_groups() -> list[EmailGroup]:
 
 
 class Sender(Model):
-    """Who the emails come from, and the domain of their Message-IDs."""
+    """The sender of the emails, and the domain of their Message-IDs."""
 
     from_address: Annotated[str, Field(min_length=3, max_length=320)] = "news@mailpipe.example"
     from_name: Annotated[str, Field(max_length=200)] = "Mailpipe"
@@ -286,7 +286,12 @@ def describe_validation_error(error: ValidationError) -> str:
     for item in error.errors():
         location = ""
         for part in item["loc"]:
-            location += f"[{part}]" if isinstance(part, int) else (f".{part}" if location else str(part))
+            if isinstance(part, int):
+                location += f"[{part}]"
+            elif location:
+                location += f".{part}"
+            else:
+                location = str(part)
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             message = "unknown key"

@@ -42,7 +42,7 @@ class GroupSummary:
 
 
 def pipeline_finished(database: ApplicationDatabase, store: MailStore) -> bool:
-    """Whether populate has read every source to its end and no email is left in flight."""
+    """Return whether populate has read every source to its end and no email is left in flight."""
     last_outbox = database.query("SELECT COALESCE(MAX(id), 0) AS id FROM email_outbox")[0]["id"]
     cursor = store.read_cursor("outbox") or {}
     if int(cursor.get("last_id", 0)) < int(last_outbox):

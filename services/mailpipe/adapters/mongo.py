@@ -61,7 +61,7 @@ class PendingChunk:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one delivery attempt did to one email, for `record_outcomes`."""
+    """The result of one delivery attempt for one email, as `record_outcomes` stores it."""
 
     email_id: str
     status: str  # "sent", "retrying" or "dequeued"
@@ -112,7 +112,7 @@ class MailStore:
         """Insert new email documents, and queue the pending ones for the publisher in chunks.
 
         Documents whose `_id` exists already count as duplicates. A duplicate that is still pending
-        is queued again, in case an earlier run stopped between the two inserts; the chunk's `_id`
+        is queued again, in case an earlier run stopped between the two inserts. A chunk's `_id`
         comes from its first and last email, so the same chunk is never stored twice.
         """
         created: list[Mapping[str, Any]] = []

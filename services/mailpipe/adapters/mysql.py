@@ -140,7 +140,7 @@ class ApplicationDatabase:
     def apply_schema(self) -> None:
         """Create the contract's tables when missing (for the demo and the tests)."""
         schema = resources.files("mailpipe").joinpath("sql/schema.sql").read_text(encoding="utf-8")
-        # The schema's comments hold semicolons, and none of its strings holds "--".
+        # The schema's comments contain semicolons, and none of its strings contains "--".
         without_comments = re.sub(r"--[^\n]*", "", schema)
         statements = [part.strip() for part in without_comments.split(";") if part.strip()]
         with self._cursor() as cursor:

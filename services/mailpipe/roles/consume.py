@@ -2,7 +2,7 @@
 record the outcome, then acknowledge.
 
 Per batch of deliveries (up to the group's prefetch):
-1. Claim each (email id, attempt) by inserting into `delivery_claims`; only the first insert wins,
+1. Claim each (email id, attempt) by inserting into `delivery_claims`. Only the first insert wins,
    so an id delivered twice, or to two consumers, is sent at most once per attempt.
 2. Send every claimed email over the kept-open SMTP connection.
 3. Record the outcomes (sent, retrying, dequeued) in MongoDB, publish retries to the delay queue
@@ -74,7 +74,7 @@ class ConsumeResult:
 
 @dataclass
 class _BatchWork:
-    """What one batch decided, applied together at its end."""
+    """Decisions of one batch, applied together at its end."""
 
     outcomes: list[Outcome] = field(default_factory=list)
     retries: list[tuple[str, int, float]] = field(default_factory=list)  # id, next attempt, delay
@@ -241,8 +241,8 @@ class Consumer:
             metrics.RETRIES.labels(group=self.group).inc()
             self._count("retried")
             return
-        why = "attempts exhausted" if retryable else "permanent failure"
-        log.warning("consume: email %s dequeued after attempt %d (%s): %s", email_id, attempt, why, error.reason)
+        cause = "attempts exhausted" if retryable else "permanent failure"
+        log.warning("consume: email %s dequeued after attempt %d (%s): %s", email_id, attempt, cause, error.reason)
         self._dequeue(document, attempt=attempt, reason=error.reason, smtp_code=error.smtp_code, at=now, work=work)
 
     def _handle_unclaimed(self, delivery: Delivery, document: dict[str, Any], work: _BatchWork) -> None:

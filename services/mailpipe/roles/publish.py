@@ -2,7 +2,7 @@
 into its finished message, stores it in the document and publishes the ids to the group's queue.
 
 Per chunk: one look-up of users and one of templates (`WHERE id IN (...)`), never one per email.
-Populate queues pending emails in chunks of at most `publish.chunkSize` per group; the publisher
+Populate queues pending emails in chunks of at most `publish.chunkSize` per group. The publisher
 takes the oldest chunk and deletes it once every id in it is published.
 
 Crash safety: the chunk's ids are journaled in `publish_batches` before they are marked queued
