@@ -35,6 +35,11 @@ class RetryableError(DeliveryError):
     """A transient failure (an SMTP 4xx reply, a lost connection, a timeout): try again later."""
 
 
+class SmtpUnavailableError(RetryableError):
+    """The SMTP server cannot be reached or rejects the login: no email can be sent right now,
+    and the message at hand was not sent."""
+
+
 class PermanentError(DeliveryError):
     """A failure that another attempt cannot fix (an SMTP 5xx reply, an invalid address, a
     template error): the email is dequeued at once."""

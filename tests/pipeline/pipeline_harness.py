@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -232,18 +232,26 @@ class Harness:
                 client.close()
 
     def consume(self, group: str | None = None, *, timeout: float = 60.0, queue: QueueClient | None = None,
-                stop_when_final: bool = True) -> Consumer:
+                stop_when_final: bool = True, transport: Any = None, grace_seconds: float | None = None,
+                stop_after_seconds: float | None = None) -> Consumer:
         """Consume until every email is sent or dequeued (or the queue went idle, if told so)."""
         name = group or self.group
         client = queue or QueueClient(self.config.connections.rabbitmq_url)
-        transport = SmtpTransport(self.config.connections.smtp_url, timeout_seconds=self.config.spec.smtp.timeout_seconds)
+        transport = transport or SmtpTransport(
+            self.config.connections.smtp_url, timeout_seconds=self.config.spec.smtp.timeout_seconds
+        )
         consumer = Consumer(name, spec=self.config.spec, store=self.store, queue=client, transport=transport,
                             name=f"test-{uuid.uuid4().hex[:6]}")
-        deadline = time.monotonic() + timeout
+        if grace_seconds is not None:
+            consumer.in_flight_grace = timedelta(seconds=grace_seconds)
+        started = time.monotonic()
+        deadline = started + timeout
         last_check = 0.0
 
         def should_stop() -> bool:
             nonlocal last_check
+            if stop_after_seconds is not None:
+                return time.monotonic() - started > stop_after_seconds
             if time.monotonic() > deadline:
                 raise AssertionError(f"emails of group {name} not final after {timeout:g} s: {self.statuses()}")
             if not stop_when_final or time.monotonic() - last_check < 0.3:

@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 
 from mailpipe.adapters.rabbitmq import QueueClient
+from mailpipe.adapters.smtp import SmtpTransport
 from mailpipe.errors import ServiceUnavailableError
 
-from pipeline_harness import FaultySmtpServer, Harness, SinkServer
+from pipeline_harness import FaultySmtpServer, Harness, SinkServer, free_port
 
 pytestmark = pytest.mark.services
 
@@ -154,7 +155,9 @@ class _PublisherKilledAfter(QueueClient):
 def test_publisher_killed_mid_chunk_loses_and_doubles_nothing(harness: Harness, smtp_sink: SinkServer) -> None:
     harness = harness.with_smtp(smtp_sink.url)
     template = harness.add_template(subject="Offer", text="Hello {{ first_name }}")
-    harness.add_users([{"email": f"buyer{number}@example.com", "first_name": "Bo"} for number in range(1000)])
+    harness.add_users([{"email": f"buyer{number}@example.com", "first_name": "Bo"} for number in range(995)])
+    # Invalid addresses fail to render; they must still be dequeued after the crash.
+    harness.add_users([{"email": f"broken{number}..x@example.com"} for number in range(5)])
     harness.add_campaign(template)
     harness.populate()
 
@@ -165,10 +168,10 @@ def test_publisher_killed_mid_chunk_loses_and_doubles_nothing(harness: Harness, 
 
     messages = smtp_sink.messages()
     recipients = collections.Counter(str(message["To"]) for message in messages)
-    assert recovered.republished == 1000
-    assert len(messages) == 1000
+    assert recovered.republished == 995
+    assert len(messages) == 995
     assert max(recipients.values()) == 1
-    assert harness.statuses() == {"sent": 1000}
+    assert harness.statuses() == {"sent": 995, "dequeued": 5}
 
 
 def test_urgent_group_has_its_own_queue(harness: Harness, smtp_sink: SinkServer) -> None:
@@ -209,3 +212,74 @@ def test_dead_lettered_ids_are_dequeued(harness: Harness, smtp_sink: SinkServer)
     assert harness.statuses() == {"dequeued": 1, "sent": 1}
     assert "delivery limit" in harness.dequeued()[poisoned.email_id or ""]["reason"]
     assert len(smtp_sink.messages()) == 1
+
+
+def test_unreachable_smtp_pauses_without_using_attempts(harness: Harness, smtp_sink: SinkServer) -> None:
+    _campaign_for(harness, 5)
+    harness.populate()
+    harness.publish()
+    closed_port = free_port()
+
+    harness.with_smtp(f"smtp://127.0.0.1:{closed_port}").consume(stop_after_seconds=4)
+    statuses_while_down = harness.statuses()
+    claims_while_down = harness.store.claims.count_documents({})
+    harness.with_smtp(smtp_sink.url).consume()
+
+    assert statuses_while_down == {"queued": 5}
+    assert claims_while_down == 0
+    assert harness.dequeued() == {}
+    assert harness.statuses() == {"sent": 5}
+    assert len(smtp_sink.messages()) == 5
+
+
+class _DiesAfterAcceptance:
+    """An SMTP transport whose process dies right after the server accepted the nth message."""
+
+    def __init__(self, url: str, *, die_on: int) -> None:
+        self.transport = SmtpTransport(url, timeout_seconds=5)
+        self.die_on = die_on
+        self.sent = 0
+
+    def send(self, **message: Any) -> Any:
+        accepted = self.transport.send(**message)
+        self.sent += 1
+        if self.sent == self.die_on:
+            raise KeyboardInterrupt("simulated consumer death after SMTP acceptance")
+        return accepted
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+def test_consumer_death_leaves_one_unknown(harness: Harness, smtp_sink: SinkServer) -> None:
+    harness = harness.with_smtp(smtp_sink.url)
+    _campaign_for(harness, 12)
+    harness.populate()
+    harness.publish()
+
+    with pytest.raises(KeyboardInterrupt):
+        harness.consume(transport=_DiesAfterAcceptance(smtp_sink.url, die_on=4))
+    harness.consume(grace_seconds=0.5)
+
+    unknown = {email_id: document for email_id, document in harness.dequeued().items()
+               if "outcome unknown" in document["reason"]}
+    assert len(unknown) == 1
+    assert harness.statuses() == {"sent": 11, "dequeued": 1}
+    # The unknown one did reach the server, once: every email arrived exactly once.
+    assert len(smtp_sink.messages()) == 12
+    assert len({str(message["To"]) for message in smtp_sink.messages()}) == 12
+
+
+def test_unknown_audience_fails_only_its_campaign(harness: Harness, smtp_sink: SinkServer) -> None:
+    harness = harness.with_smtp(smtp_sink.url)
+    template = harness.add_template(subject="Hi", text="Hello")
+    harness.add_users([{"email": "reader@example.com", "locale": "de_DE"}])
+    broken = harness.add_campaign(template, audience="city:Paris")
+    working = harness.add_campaign(template, audience="locale:de_DE")
+
+    harness.populate()
+    harness.populate()
+
+    assert "unknown campaign audience 'city:Paris'" in harness.store.read_cursor(f"campaign:{broken}")["failed"]
+    assert harness.store.read_cursor(f"campaign:{working}")["done"] is True
+    assert harness.statuses() == {"pending": 1}

@@ -37,7 +37,7 @@ import pymongo
 import pymongo.errors
 from pymongo import InsertOne, UpdateOne
 
-from mailpipe.errors import ServiceUnavailableError
+from mailpipe.errors import ConfigError, ServiceUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,14 @@ def now_utc() -> datetime:
 
 class MailStore:
     def __init__(self, url: str, *, database: str | None = None, timeout_seconds: float = 30.0) -> None:
+        if not url.startswith(("mongodb://", "mongodb+srv://")):
+            raise ConfigError("MAILPIPE_MONGODB_URL must look like mongodb://user:password@host:27017/database")
         timeout_ms = int(timeout_seconds * 1000)
+        name = database or urlsplit(url).path.strip("/")
+        if not name:
+            raise ConfigError(
+                "MAILPIPE_MONGODB_URL must name a database, for example mongodb://127.0.0.1:27017/mailpipe"
+            )
         self._client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
             url,
             tz_aware=True,
@@ -90,7 +97,6 @@ class MailStore:
             connectTimeoutMS=timeout_ms,
             socketTimeoutMS=timeout_ms,
         )
-        name = database or urlsplit(url).path.strip("/") or "mailpipe"
         self.database = self._client[name]
         self.emails = self.database["cron_emails"]
         self.dequeued = self.database["dequeued_mails"]
@@ -248,6 +254,11 @@ class MailStore:
     def claim_of(self, email_id: str, attempt: int) -> dict[str, Any] | None:
         with _translated("reading a claim"):
             return self.claims.find_one({"_id": f"{email_id}#{attempt}"})
+
+    def release_claim(self, email_id: str, attempt: int) -> None:
+        """Drop a claim whose email was certainly not sent, so that a later delivery can send it."""
+        with _translated("releasing a claim"):
+            self.claims.delete_one({"_id": f"{email_id}#{attempt}"})
 
     def emails_by_id(self, email_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         found: dict[str, dict[str, Any]] = {}

@@ -155,6 +155,21 @@ class QueueClient:
         except pika.exceptions.AMQPError as error:
             raise ServiceUnavailableError(f"acknowledging deliveries failed: {error!r}") from error
 
+    def requeue(self, delivery_tags: Sequence[int]) -> None:
+        """Return deliveries to their queue unhandled (basic.nack with requeue)."""
+        try:
+            for tag in delivery_tags:
+                self._channel.basic_nack(tag, requeue=True)
+        except pika.exceptions.AMQPError as error:
+            raise ServiceUnavailableError(f"returning deliveries to the queue failed: {error!r}") from error
+
+    def sleep(self, seconds: float) -> None:
+        """Wait while still answering the broker's heartbeats."""
+        try:
+            self._connection.sleep(seconds)
+        except pika.exceptions.AMQPError as error:
+            raise ServiceUnavailableError(f"the RabbitMQ connection failed: {error!r}") from error
+
     def serve_heartbeats(self) -> None:
         """Let pika answer heartbeats during long work between batches."""
         try:

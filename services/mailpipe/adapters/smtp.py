@@ -14,7 +14,7 @@ import ssl
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from mailpipe.errors import ConfigError, PermanentError, RetryableError
+from mailpipe.errors import ConfigError, PermanentError, RetryableError, SmtpUnavailableError
 from mailpipe.mail.replies import describe_reply, is_transient
 
 log = logging.getLogger(__name__)
@@ -106,12 +106,12 @@ class SmtpTransport:
             if endpoint.username is not None:
                 connection.login(endpoint.username, endpoint.password or "")
         except smtplib.SMTPAuthenticationError as error:
-            raise RetryableError(
+            raise SmtpUnavailableError(
                 f"SMTP login to {endpoint.host}:{endpoint.port} failed: {describe_reply(error.smtp_code, error.smtp_error)}",
                 smtp_code=error.smtp_code,
             ) from error
         except (smtplib.SMTPException, OSError) as error:
-            raise RetryableError(f"cannot connect to SMTP server {endpoint.host}:{endpoint.port}: {error}") from error
+            raise SmtpUnavailableError(f"cannot connect to SMTP server {endpoint.host}:{endpoint.port}: {error}") from error
         self._connection = connection
         self.connections_opened += 1
         if self._on_connect is not None:

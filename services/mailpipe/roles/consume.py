@@ -1,19 +1,24 @@
 """consume GROUP: take ids from the group's queue in FIFO order, send each email over SMTP and
 record the outcome, then acknowledge.
 
-Per batch of deliveries (up to the group's prefetch):
-1. Claim each (email id, attempt) by inserting into `delivery_claims`. Only the first insert wins,
-   so an id delivered twice, or to two consumers, is sent at most once per attempt.
-2. Send every claimed email over the kept-open SMTP connection.
-3. Record the outcomes (sent, retrying, dequeued) in MongoDB, publish retries to the delay queue
-   for their attempt (with publisher confirms), and only then acknowledge the deliveries.
+For each delivery of a batch (up to the group's prefetch), one email at a time:
+1. Claim the (email id, attempt) pair by inserting into `delivery_claims`. Only the first insert
+   wins, so an id delivered twice, or to two consumers, is sent at most once per attempt.
+2. Send the email over the kept-open SMTP connection.
+3. Record the outcome (sent, retrying, dequeued) in MongoDB and publish a retry to the delay queue
+   for its attempt (with publisher confirms).
+The batch is acknowledged after its last email.
 
-A consumer that dies before step 3 leaves its deliveries unacknowledged, and RabbitMQ delivers
-them again. A redelivered email whose outcome was recorded is acknowledged without sending. One
-whose claim exists but whose outcome was never recorded may have been accepted by the SMTP server
-just before the consumer died. It is not sent again: after a grace period it is dequeued with the
+A consumer that dies leaves its deliveries unacknowledged, and RabbitMQ delivers them again. A
+redelivered email whose outcome was recorded is acknowledged without sending. The one email whose
+claim exists but whose outcome was never recorded may have been accepted by the SMTP server just
+before the consumer died. It is not sent again: after a grace period it is dequeued with the
 reason "outcome unknown", so that a person can check and resend it. This keeps the promise of
 never sending twice at the cost of a rare email that needs a look.
+
+When the SMTP server cannot be reached or rejects the login, the email's claim is released, the
+rest of the batch goes back to the queue, and the consumer pauses with a growing delay instead of
+using up every email's attempts.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from mailpipe.adapters.rabbitmq import Delivery
 from mailpipe.adapters.smtp import Accepted
 from mailpipe.backoff import backoff_delay_seconds
 from mailpipe.config import PipelineSpec
-from mailpipe.errors import PermanentError, RetryableError
+from mailpipe.errors import PermanentError, RetryableError, SmtpUnavailableError
 from mailpipe.topology import dead_letter_queue_name, group_queues, retry_queue_name, work_queue_name
 
 log = logging.getLogger(__name__)
@@ -42,6 +47,7 @@ log = logging.getLogger(__name__)
 class ConsumeStore(Protocol):
     def claim(self, keys: list[tuple[str, int]], *, consumer: str) -> set[tuple[str, int]]: ...
     def claim_of(self, email_id: str, attempt: int) -> dict[str, Any] | None: ...
+    def release_claim(self, email_id: str, attempt: int) -> None: ...
     def emails_by_id(self, email_ids: list[str]) -> dict[str, dict[str, Any]]: ...
     def record_outcomes(self, outcomes: list[Outcome]) -> None: ...
     def dequeue(self, documents: list[dict[str, Any]], *, stage: str) -> None: ...
@@ -57,6 +63,8 @@ class ConsumeQueue(Protocol):
     ) -> None: ...
     def serve_heartbeats(self) -> None: ...
     def get_batch(self, queue: str, *, max_count: int) -> list[Delivery]: ...
+    def requeue(self, delivery_tags: list[int]) -> None: ...
+    def sleep(self, seconds: float) -> None: ...
 
 
 class Transport(Protocol):
@@ -117,9 +125,18 @@ class Consumer:
         idle_since = time.monotonic()
         next_dead_letter_check = time.monotonic()
         try:
+            pause_seconds = 0.0
             for batch in self.queue.consume_batches(work_queue_name(self.group), prefetch=self.settings.prefetch):
                 if batch:
-                    self.handle_batch(batch)
+                    try:
+                        self.handle_batch(batch)
+                        pause_seconds = 0.0
+                    except SmtpUnavailableError as error:
+                        # The server is down or rejects the login: waiting helps every email, and
+                        # retrying each one would only use up its attempts.
+                        pause_seconds = min(60.0, max(1.0, pause_seconds * 2))
+                        log.warning("consume: %s; pausing group %s for %.0f s", error.reason, self.group, pause_seconds)
+                        self.queue.sleep(pause_seconds)
                     idle_since = time.monotonic()
                 elif idle_exit_seconds is not None and time.monotonic() - idle_since > idle_exit_seconds:
                     break
@@ -135,33 +152,48 @@ class Consumer:
         return self.result
 
     def handle_batch(self, batch: list[Delivery]) -> None:
+        """Handle a batch one email at a time, then acknowledge it.
+
+        Each email is claimed just before it is sent and its outcome is stored just after, so a
+        consumer that dies leaves at most the one email in flight with an unknown outcome.
+        """
+        acks: list[int] = []
+        for index, delivery in enumerate(batch):
+            try:
+                self._handle_delivery(delivery)
+            except SmtpUnavailableError:
+                # Nothing of this email was sent and its claim is released: it and the rest of the
+                # batch go back to the queue untouched, and the consumer pauses.
+                self.queue.ack(acks)
+                self.queue.requeue([later.delivery_tag for later in batch[index:]])
+                raise
+            acks.append(delivery.delivery_tag)
+            self.queue.serve_heartbeats()
+        self.queue.ack(acks)
+
+    def _handle_delivery(self, delivery: Delivery) -> None:
         work = _BatchWork()
-        valid: list[Delivery] = []
-        for delivery in batch:
-            if delivery.email_id is None:
-                log.warning("consume: dropping malformed message %r from queue %s", delivery.raw_body, self.group)
-                self._count("malformed")
-                work.acks.append(delivery.delivery_tag)
-            else:
-                valid.append(delivery)
-
-        keys = [(delivery.email_id or "", delivery.attempt) for delivery in valid]
-        claimed = self.store.claim(keys, consumer=self.name)
-        documents = self.store.emails_by_id([key[0] for key in keys])
-
-        for delivery in valid:
-            email_id = delivery.email_id or ""
-            document = documents.get(email_id)
-            if document is None:
-                log.warning("consume: email %s not found in cron_emails; dropping its message", email_id)
-                self._count("missing")
-            elif (email_id, delivery.attempt) in claimed:
+        email_id = delivery.email_id
+        if email_id is None:
+            log.warning("consume: dropping malformed message %r from queue %s", delivery.raw_body, self.group)
+            self._count("malformed")
+            return
+        document = self.store.emails_by_id([email_id]).get(email_id)
+        if document is None:
+            log.warning("consume: email %s not found in cron_emails; dropping its message", email_id)
+            self._count("missing")
+            return
+        if document.get("status") in ("sent", "dequeued"):
+            self._count("duplicate")
+            return
+        if (email_id, delivery.attempt) in self.store.claim([(email_id, delivery.attempt)], consumer=self.name):
+            try:
                 self._deliver(delivery, document, work)
-                self.queue.serve_heartbeats()
-            else:
-                self._handle_unclaimed(delivery, document, work)
-            work.acks.append(delivery.delivery_tag)
-
+            except SmtpUnavailableError:
+                self.store.release_claim(email_id, delivery.attempt)
+                raise
+        else:
+            self._handle_unclaimed(delivery, document, work)
         self._apply(work)
 
     def handle_dead_letters(self, *, max_count: int = 100) -> None:
@@ -208,6 +240,8 @@ class Consumer:
                 message=bytes(document["message"]),
                 smtputf8=bool(document.get("smtputf8")),
             )
+        except SmtpUnavailableError:
+            raise
         except RetryableError as error:
             self._fail(delivery, document, error, work, retryable=True)
             return
@@ -295,7 +329,8 @@ class Consumer:
                 expiration_ms=max(1, int(delay * 1000)),
             )
         self.store.dequeue(work.dequeued, stage="consume")
-        self.queue.ack(work.acks)
+        if work.acks:
+            self.queue.ack(work.acks)
 
     def _count(self, outcome: str) -> None:
         self.result.add(outcome)
