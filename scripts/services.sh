@@ -95,6 +95,8 @@ CONF
     export RABBITMQ_LOG_BASE=$state_dir/logs/rabbitmq-node
     export RABBITMQ_PID_FILE=$base/rabbitmq.pid
     export ERL_EPMD_ADDRESS=127.0.0.1
+    # The node's Erlang distribution port listens on loopback too, not on every interface.
+    export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
 }
 
 start_rabbitmq() {

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from urllib.parse import unquote, urlsplit
+
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -256,6 +258,12 @@ class Connections(Model):
     rabbitmq_api_urls: list[str]
     smtp_url: str
     pushgateway_url: str | None = None
+
+    @property
+    def rabbitmq_vhost(self) -> str:
+        """The virtual host of MAILPIPE_RABBITMQ_URL, where the workers' queues live."""
+        path = urlsplit(self.rabbitmq_url).path
+        return unquote(path[1:]) if len(path) > 1 else "/"
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str]) -> Connections:

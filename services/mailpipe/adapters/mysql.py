@@ -251,7 +251,7 @@ def _audience_condition(audience: str) -> tuple[str, tuple[Any, ...]]:
         return "TRUE", ()
     if audience.startswith("locale:") and len(audience) > len("locale:"):
         return "locale = %s", (audience.removeprefix("locale:"),)
-    raise ConfigError(f"unknown campaign audience {audience!r}; expected 'all' or 'locale:<code>'")
+    raise ConfigError(f"unknown campaign audience {audience!r}; expected 'all' or 'locale:<code>'; insert a corrected campaign row")
 
 
 def _user(row: dict[str, Any]) -> User:

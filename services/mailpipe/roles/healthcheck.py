@@ -122,7 +122,9 @@ def main(config: Config) -> int:
 
     The job's last-success time is set only when every check passed, like the exit status.
     """
-    admins = [RabbitMQAdmin(url, vhost=config.spec.rabbitmq.vhost) for url in config.connections.rabbitmq_api_urls]
+    # The vhost of the workers' broker URL, so that the check sees the queues they use.
+    vhost = config.connections.rabbitmq_vhost
+    admins = [RabbitMQAdmin(url, vhost=vhost) for url in config.connections.rabbitmq_api_urls]
     try:
         report = run_healthcheck(config=config, admins=admins, notifier=SmtpNotifier.from_config(config))
     finally:

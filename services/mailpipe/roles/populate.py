@@ -18,6 +18,7 @@ from mailpipe import metrics
 from mailpipe.adapters.mongo import InsertCounts, now_utc
 from mailpipe.adapters.mysql import Campaign, OutboxRow, User
 from mailpipe.config import PipelineSpec
+from mailpipe.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,14 @@ def populate(
         populate_outbox(source=source, sink=sink, spec=spec, result=result, clock=clock)
     if "campaigns" in sources:
         for campaign in source.due_campaigns(clock()):
-            populate_campaign(campaign, source=source, sink=sink, spec=spec, result=result, clock=clock)
+            try:
+                populate_campaign(campaign, source=source, sink=sink, spec=spec, result=result, clock=clock)
+            except ConfigError as error:
+                # A campaign the application described wrongly (an unknown audience, say) fails
+                # alone and for good, so that it neither blocks later campaigns nor fails every run.
+                log.error("populate: campaign %d (%s) fails and is skipped: %s", campaign.id, campaign.name, error)
+                sink.write_cursor(campaign_cursor(campaign.id), done=True, failed=str(error))
+                result.add("campaign", "failed")
     return result
 
 

@@ -18,6 +18,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from mailpipe import metrics
@@ -97,10 +98,12 @@ def recover_open_batches(group: str, *, store: PublishStore, queue: IdPublisher)
             batch["_id"], group, len(queued),
         )
         queue.publish_ids(work_queue_name(group), queued)
-        # The chunk keeps only its emails that are still pending; the next run publishes those.
+        # The chunk keeps only its emails that are still pending, the ones that failed to render
+        # before the crash included; the next run publishes or dequeues those.
         chunk = store.pending_chunk(group)
         if chunk is not None and chunk.chunk_id == batch.get("chunk_id"):
-            still_pending = [email for email in chunk.emails if documents.get(email["_id"], {}).get("status") == "pending"]
+            statuses = store.emails_by_id([email["_id"] for email in chunk.emails])
+            still_pending = [email for email in chunk.emails if statuses.get(email["_id"], {}).get("status") == "pending"]
             store.keep_pending(group, chunk.chunk_id, still_pending)
         store.close_publish_batch(batch["_id"])
         republished += len(queued)
@@ -183,7 +186,11 @@ def bake(
         ),
         context,
     )
-    message_id = make_message_id(document["_id"], domain=spec.sender.message_id_domain)
+    # The document's creation time makes the Message-ID unique across databases and re-seeded
+    # data, while staying the same for every render of this document.
+    created_at = document.get("created_at")
+    stamp = f".{int(created_at.timestamp() * 1000)}" if isinstance(created_at, datetime) else ""
+    message_id = make_message_id(f"{document['_id']}{stamp}", domain=spec.sender.message_id_domain)
     display_name = " ".join(part for part in (user.first_name, user.last_name) if part)
     composed = compose_email(
         from_address=spec.sender.from_address,
