@@ -54,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     consume = commands.add_parser("consume", help="send the emails of one group from its queue")
     consume.add_argument("group", help="email group, as configured under groups")
     consume.add_argument("--metrics-port", type=int, help="serve /metrics on this port (default: monitoring.metricsPort)")
-    consume.add_argument("--idle-exit", type=float, metavar="SECONDS", help="exit after the queue was empty this long")
+    consume.add_argument(
+        "--idle-exit", type=float, metavar="SECONDS",
+        help="exit after the work queue was empty this long (emails waiting in retry queues do not count)",
+    )
 
     commands.add_parser("audit-dequeued", help="email the team a summary of newly dequeued mail")
     commands.add_parser("healthcheck", help="check the RabbitMQ cluster through its HTTP API")
@@ -90,8 +93,9 @@ def configure_logging(level: str) -> None:
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s",
     )
-    # pika logs every connection step at INFO.
-    logging.getLogger("pika").setLevel(logging.WARNING)
+    # pika logs every connection step at INFO, and a refused connection as a dozen ERROR lines;
+    # the adapters report each failure once, with what to do next.
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

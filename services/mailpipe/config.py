@@ -26,9 +26,61 @@ GROUP_NAME_PATTERN = r"^[a-z][a-z0-9-]{0,39}$"
 # Five fields (minute hour day-of-month month day-of-week) or one of cron's @ shortcuts.
 CRON_PATTERN = (
     r"^(@(yearly|annually|monthly|weekly|daily|hourly)"
-    r"|([0-9*/,\-]+\s+){4}[0-9A-Za-z*/,\-]+)$"
+    r"|([0-9A-Za-z*/,\-]+\s+){4}[0-9A-Za-z*/,\-]+)$"
 )
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"
+
+
+CRON_FIELD_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
+CRON_NAMES: tuple[dict[str, int], ...] = (
+    {},
+    {},
+    {},
+    {name: number for number, name in enumerate("JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split(), start=1)},
+    {name: number for number, name in enumerate("SUN MON TUE WED THU FRI SAT".split())},
+)
+
+
+def check_cron(schedule: str) -> str:
+    """Raise ValueError naming the field unless `schedule` is a valid five-field cron schedule.
+
+    Accepts what Kubernetes CronJobs accept: `*`, numbers, ranges `a-b`, steps `/n` (n > 0), lists,
+    month and weekday names, and the @ shortcuts.
+    """
+    if schedule.startswith("@"):
+        return schedule
+    fields = schedule.split()
+    labels = ("minute", "hour", "day of month", "month", "day of week")
+    if len(fields) != 5:
+        raise ValueError(f"cron schedule {schedule!r} must have 5 fields (minute hour day-of-month month day-of-week)")
+    for field, label, (low, high), names in zip(fields, labels, CRON_FIELD_RANGES, CRON_NAMES):
+        for item in field.split(","):
+            span, _, step = item.partition("/")
+            if step and (not step.isdigit() or int(step) == 0):
+                raise ValueError(f"cron schedule {schedule!r}: invalid step {step!r} in the {label} field")
+            if span == "*":
+                continue
+            bounds = span.split("-")
+            values = [names.get(bound.upper(), int(bound) if bound.isdigit() else None) for bound in bounds]
+            if len(bounds) > 2 or any(value is None or not low <= value <= high for value in values):
+                raise ValueError(f"cron schedule {schedule!r}: {span!r} is outside {low}-{high} in the {label} field")
+    return schedule
+
+
+def check_header_text(value: str) -> str:
+    if any(ord(character) < 32 or ord(character) == 127 for character in value):
+        raise ValueError("must not contain line breaks or other control characters")
+    return value
+
+
+def check_address(value: str) -> str:
+    from email_validator import EmailNotValidError, validate_email
+
+    try:
+        validate_email(value, check_deliverability=False, allow_smtputf8=True)
+    except EmailNotValidError as error:
+        raise ValueError(f"invalid email address {value!r}: {error}") from error
+    return value
 
 
 class Model(BaseModel):
@@ -101,6 +153,8 @@ class ScheduledJob(Model):
     schedule: Annotated[str, Field(pattern=CRON_PATTERN, description="Cron schedule.")]
     chunk_size: Annotated[int, Field(ge=1, le=100_000, description="Documents per chunk.")] = 1000
 
+    _valid_schedule = field_validator("schedule")(classmethod(lambda cls, value: check_cron(value)))
+
 
 class PopulateJob(ScheduledJob):
     schedule: Annotated[str, Field(pattern=CRON_PATTERN)] = "* * * * *"
@@ -113,9 +167,13 @@ class PublishJob(ScheduledJob):
 class AuditJob(Model):
     schedule: Annotated[str, Field(pattern=CRON_PATTERN)] = "*/15 * * * *"
 
+    _valid_schedule = field_validator("schedule")(classmethod(lambda cls, value: check_cron(value)))
+
 
 class HealthcheckJob(Model):
     schedule: Annotated[str, Field(pattern=CRON_PATTERN)] = "*/5 * * * *"
+
+    _valid_schedule = field_validator("schedule")(classmethod(lambda cls, value: check_cron(value)))
 
 
 class RetryPolicy(Model):
@@ -176,6 +234,11 @@ class Sender(Model):
     reply_to: Annotated[str | None, Field(max_length=320)] = None
     message_id_domain: Annotated[str, Field(min_length=1, max_length=253)] = "mailpipe.example"
 
+    _valid_addresses = field_validator("from_address", "reply_to")(
+        classmethod(lambda cls, value: value if value is None else check_address(value))
+    )
+    _valid_name = field_validator("from_name")(classmethod(lambda cls, value: check_header_text(value)))
+
 
 class Smtp(Model):
     security: Annotated[
@@ -193,6 +256,13 @@ class Notifications(Model):
 
     recipients: Annotated[list[str], Field(max_length=50)] = []
     from_address: Annotated[str, Field(min_length=3, max_length=320)] = "mailpipe@mailpipe.example"
+
+    _valid_addresses = field_validator("from_address")(classmethod(lambda cls, value: check_address(value)))
+
+    @field_validator("recipients")
+    @classmethod
+    def _valid_recipients(cls, recipients: list[str]) -> list[str]:
+        return [check_address(recipient) for recipient in recipients]
 
 
 class Monitoring(Model):
@@ -303,6 +373,8 @@ def describe_validation_error(error: ValidationError) -> str:
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             message = "unknown key"
+        elif item["type"] == "string_pattern_mismatch" and item["loc"][-1] == "schedule":
+            message = "must be a cron schedule of five fields, such as '*/5 * * * *', or @hourly"
         lines.append(f"{location or '(top level)'}: {message}")
     return "; ".join(lines)
 

@@ -32,6 +32,7 @@ class Child:
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     next_start: float = 0.0
+    started_at: float = 0.0
     peak_rss_bytes: int = 0
     environment: dict[str, str] = field(default_factory=dict)
 
@@ -86,17 +87,22 @@ class Supervisor:
         if self.log_directory:
             os.makedirs(self.log_directory, exist_ok=True)
             output = open(os.path.join(self.log_directory, f"{name}.log"), "ab")  # noqa: SIM115
-        return subprocess.Popen(
-            self._command(arguments),
-            env={**os.environ, **self.environment},
-            stdout=output,
-            stderr=subprocess.STDOUT if output else None,
-            start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children in order.
-        )
+        try:
+            return subprocess.Popen(
+                self._command(arguments),
+                env={**os.environ, **self.environment},
+                stdout=output,
+                stderr=subprocess.STDOUT if output else None,
+                start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children in order.
+            )
+        finally:
+            if output is not None:
+                output.close()  # the child has its own copy of the file descriptor
 
     def start(self) -> None:
         for child in self.children:
             child.process = self._spawn(child.name, child.arguments)
+            child.started_at = time.monotonic()
             log.info("run: started %s (pid %d)", child.name, child.process.pid)
 
     def poll(self) -> None:
@@ -108,6 +114,8 @@ class Supervisor:
                 child.peak_rss_bytes = max(child.peak_rss_bytes, _peak_rss_bytes(process.pid))
                 status = process.poll()
                 if status is None:
+                    if now - child.started_at > 60:
+                        child.restarts = 0  # a child that ran a minute is healthy again
                     continue
                 child.restarts += 1
                 delay = min(30.0, 2.0 ** min(child.restarts, 5))
@@ -116,6 +124,7 @@ class Supervisor:
                 log.warning("run: %s exited with status %d; starting it again in %.0f s", child.name, status, delay)
             elif now >= child.next_start:
                 child.process = self._spawn(child.name, child.arguments)
+                child.started_at = now
                 log.info("run: started %s again (pid %d)", child.name, child.process.pid)
         for name, (arguments, interval) in self.periodic.items():
             running = self._periodic_running.get(name)

@@ -68,3 +68,32 @@ def test_unknown_group_lists_configured_ones() -> None:
 
 def test_redact_url_hides_password() -> None:
     assert redact_url("amqp://user:secret@host:5672/%2F") == "amqp://user:***@host:5672/%2F"
+
+
+@pytest.mark.parametrize("schedule", ["* * * * *", "*/5 1-3 * JAN-MAR MON,FRI", "@hourly", "0 0 1,15 * 0"])
+def test_valid_cron_schedules_pass(schedule: str) -> None:
+    assert parse_spec({"publish": {"schedule": schedule}}, source="test.yaml").publish.schedule == schedule
+
+
+@pytest.mark.parametrize(
+    ("schedule", "message"),
+    [("99 * * * *", "outside 0-59 in the minute field"), ("*/0 * * * *", "invalid step"), ("* * * *", "must be a cron schedule of five fields")],
+)
+def test_invalid_cron_schedules_name_the_field(schedule: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_spec({"auditDequeued": {"schedule": schedule}}, source="test.yaml")
+
+
+def test_sender_name_rejects_line_breaks() -> None:
+    with pytest.raises(ConfigError, match="sender.fromName"):
+        parse_spec({"sender": {"fromName": "Evil\r\nBcc: victim@example.com"}}, source="test.yaml")
+
+
+def test_notification_recipients_must_be_addresses() -> None:
+    with pytest.raises(ConfigError, match="notifications.recipients"):
+        parse_spec({"notifications": {"recipients": ["team@example.com", "nobody"]}}, source="test.yaml")
+
+
+def test_rabbitmq_vhost_comes_from_url() -> None:
+    config = load_config(None, environ={"MAILPIPE_RABBITMQ_URL": "amqp://u:p@host:5672/mail%2Fprod"})
+    assert config.connections.rabbitmq_vhost == "mail/prod"
