@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import base64
 import os
+import tempfile
 from typing import Any, cast
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import ResourceNotFoundError
 from kubernetes.dynamic.resource import Resource
 
 from mailpipe_operator.builders.meta import MANAGER, Manifest
@@ -54,20 +54,32 @@ def _error(action: str, subject: str, error: ApiException) -> KubernetesError:
 
 class KubernetesClient:
     def __init__(self, api_client: client.ApiClient) -> None:
-        self._dynamic = DynamicClient(api_client)  # type: ignore[no-untyped-call]
+        # A discovery cache of this process's own: the library's default file is shared by every
+        # process that talks to the same server address, and goes stale when CRDs come and go.
+        cache_file = os.path.join(tempfile.mkdtemp(prefix="mailpipe-operator-"), "discovery.json")
+        self._dynamic = DynamicClient(api_client, cache_file=cache_file)  # type: ignore[no-untyped-call]
 
     def _resource(self, api_version: str, kind: str) -> Resource:
         resource: Resource = self._dynamic.resources.get(api_version=api_version, kind=kind)
         return resource
 
     def kind_exists(self, *, api_version: str, kind: str) -> bool:
-        """Return whether the API server serves `kind` (a CRD such as ServiceMonitor may be absent)."""
+        """Return whether the API server serves `kind` now (a CRD such as ServiceMonitor may be absent).
+
+        Asks the server's discovery endpoint each time instead of a cache, because a CRD can be
+        installed or removed while the operator runs.
+        """
+        path = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
         try:
-            self._resource(api_version, kind)
-        except ResourceNotFoundError:
-            # The discovery cache was refreshed once before this was raised, so the kind is absent.
-            return False
-        return True
+            response = self._dynamic.request("GET", path)
+        except ApiException as error:
+            if error.status == 404:
+                # The whole API group is absent.
+                return False
+            raise _error("discovering", api_version, error) from error
+        listing = response.to_dict()
+        resources = listing.get("resources", []) if isinstance(listing, dict) else []
+        return any(resource.get("kind") == kind for resource in resources)
 
     def apply(self, manifest: Manifest) -> Manifest:
         """Apply `manifest` with server-side apply, taking over fields that someone else changed."""
