@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -217,7 +218,10 @@ def recipient() -> str:
 
 @pytest.fixture
 def config(vhost: str, recipient: str) -> Config:
-    return Config(spec=make_spec(vhost=vhost, recipients=[recipient]), connections=CONNECTIONS)
+    # The workers' broker URL names the vhost; the healthcheck checks the queues there.
+    broker_url = CONNECTIONS.rabbitmq_url.rsplit("/", 1)[0] + "/" + quote(vhost, safe="")
+    connections = CONNECTIONS.model_copy(update={"rabbitmq_url": broker_url})
+    return Config(spec=make_spec(vhost=vhost, recipients=[recipient]), connections=connections)
 
 
 @pytest.fixture
