@@ -71,7 +71,7 @@ build_ferretdb() {
     #   every update or delete by _id scanned the collection (24 ms per update at 5,000 documents,
     #   64 ms at 20,000). The filter now uses the index's spelling.
     # - The update command closed each statement's iterator only when the whole command ended,
-    #   holding one pooled SQLite connection per statement; concurrent bulk updates used up the
+    #   holding one pooled SQLite connection per statement. Concurrent bulk updates used up the
     #   pool of 100 and deadlocked the server. Each iterator now closes after its statement.
     (cd "$source_copy" && git apply -p1 "$here/ferretdb-mailpipe.patch")
     build_with_wrapper ferretdb "$FERRETDB_CACHE_KEY" \
@@ -104,7 +104,7 @@ build_etcd() {
 }
 
 # k8s.io/kubernetes requires its staging modules (k8s.io/api and others) at v0.0.0 and points
-# them at folders of its own repository; a wrapper module pins each to the matching v0.x release.
+# them at folders of its own repository. A wrapper module pins each to the matching v0.x release.
 build_kubernetes() {
     local minor=${KUBERNETES_VERSION#v1.}
     local staging_version=v0.$minor

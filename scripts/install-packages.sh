@@ -19,7 +19,7 @@ if [ ${#missing[@]} -gt 0 ]; then
         exit 1
     fi
     log "installing Debian packages: ${missing[*]}"
-    # Postfix asks how to configure itself; it only needs its smtp-sink and smtp-source tools here.
+    # Postfix prompts for a configuration, but only its smtp-sink and smtp-source tools are used here.
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
     # Keep the packages' own init scripts from starting system-wide servers on the default ports:
     # `make services` starts its own instances on loopback with their state under .run/.

@@ -4,7 +4,7 @@
 #
 # Usage: scripts/services.sh start|stop|status [SERVICE ...]
 # Services: mariadb rabbitmq ferretdb maildev smtp-sink prometheus pushgateway (default: all)
-# Starting is idempotent: a service that already answers on its port is left alone.
+# Starting is idempotent: a service that already listens on its port is left alone.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -68,8 +68,8 @@ SQL
     log "mariadb listens on 127.0.0.1:$MARIADB_PORT (user mailpipe, password mailpipe)"
 }
 
-# Debian's /usr/sbin wrappers switch to the rabbitmq user, who cannot write a state folder of ours;
-# the scripts they wrap run as the calling user, with that user's Erlang cookie.
+# Debian's /usr/sbin wrappers switch to the rabbitmq user, who cannot write a state folder of ours.
+# The scripts they wrap run as the calling user, with that user's Erlang cookie.
 rabbitmq_bin=/usr/lib/rabbitmq/bin
 
 rabbitmq_environment() {

@@ -1,7 +1,7 @@
 """Shared fixtures for tests that use the local servers from `make services`.
 
 Each test that needs them gets its own MySQL database, MongoDB database and uniquely named email
-groups (hence RabbitMQ queues), so tests never see each other's data; all are removed afterwards.
+groups (hence RabbitMQ queues), so tests never see each other's data. All are removed afterwards.
 """
 
 from __future__ import annotations

@@ -93,8 +93,8 @@ def configure_logging(level: str) -> None:
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s",
     )
-    # pika logs every connection step at INFO, and a refused connection as a dozen ERROR lines;
-    # the adapters report each failure once, with what to do next.
+    # pika logs every connection step at INFO, and a refused connection as a dozen ERROR lines.
+    # The adapters report each failure once, with what to do next.
     logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 

@@ -108,7 +108,7 @@ def format_summary(summaries: list[GroupSummary]) -> str:
 
 def main(config: Config, *, config_path: str | None, users: int, transactional: int, timeout_seconds: float) -> int:
     started_at = datetime.now(UTC)
-    # A third of the transactional requests exist from the start; the rest arrive while the
+    # A third of the transactional requests exist from the start. The rest arrive while the
     # campaign is being sent, to show that urgent mail does not wait behind it.
     upfront = transactional // 3
     seeded = seed(config, users=users, transactional=upfront)

@@ -1,7 +1,7 @@
 """`mailpipe run`: the local supervisor. Runs the roles that the operator deploys as separate
 processes: populate and publish on a schedule, consumers per group, the audit and the
 healthcheck periodically. A child that dies is started again with a growing delay. Ctrl-C (or
-SIGTERM) asks every child to finish its current batch and stop; nothing acknowledged is lost and
+SIGTERM) tells every child to finish its current batch and stop. Nothing acknowledged is lost and
 nothing unacknowledged is dropped, because RabbitMQ returns unacked deliveries to their queue.
 """
 

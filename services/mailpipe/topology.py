@@ -10,7 +10,7 @@ Per group GROUP:
 - `GROUP.retry.N` for each failed attempt N: a classic durable queue where a transient failure
   waits out its delay (per-message TTL), then expires back into `GROUP`. One queue per attempt
   keeps the delays of the messages in one queue alike, so a short delay never waits behind a
-  long one, and a waiting email holds neither a consumer nor the emails behind it.
+  long one, and a waiting email occupies neither a consumer nor the emails behind it.
 - `GROUP.dead`: ids that hit the delivery limit; the consumer dequeues their documents.
 """
 
@@ -82,7 +82,7 @@ def all_queues(spec: PipelineSpec) -> list[QueueDefinition]:
 def work_queue_policy(spec: PipelineSpec) -> dict[str, Any]:
     """Return the policy that the operator applies to the work queues (name, pattern, definition).
 
-    The queues also carry these values as arguments; the policy lets an operator of the broker
+    The queues also carry these values as arguments. The policy lets an operator of the broker
     see and change them in one place, and brings them back if a queue is re-declared bare.
     """
     names = "|".join(sorted(group.name for group in spec.groups))

@@ -1,6 +1,6 @@
 """The pipeline tests' harness: runs the real roles against the local servers, plus SMTP servers for checks.
 
-`smtp_sink` is Postfix's smtp-sink dumping every accepted message to files; `FaultySmtpServer`
+`smtp_sink` is Postfix's smtp-sink dumping every accepted message to files. `FaultySmtpServer`
 is an aiosmtpd server for the faults smtp-sink cannot produce per attempt (fail the first k
 attempts, 421 after n messages, no SMTPUTF8, a 550 for one recipient).
 """
@@ -234,7 +234,7 @@ class Harness:
     def consume(self, group: str | None = None, *, timeout: float = 60.0, queue: QueueClient | None = None,
                 stop_when_final: bool = True, transport: Any = None, grace_seconds: float | None = None,
                 stop_after_seconds: float | None = None) -> Consumer:
-        """Consume until every email is sent or dequeued (or the queue went idle, if told so)."""
+        """Consume until every email is sent or dequeued, or until the queue went idle when `stop_when_final` is false."""
         name = group or self.group
         client = queue or QueueClient(self.config.connections.rabbitmq_url)
         transport = transport or SmtpTransport(

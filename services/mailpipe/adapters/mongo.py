@@ -12,8 +12,8 @@ Collections:
   `status` would do; FerretDB 1.24 scans for any filter but `{"_id": value}`, and scanning the
   published documents first made each chunk slower than the one before.)
 - `populate_cursors`: how far populate has read each source.
-- `publish_batches`: chunks whose ids are being published; a batch left here by a publisher that
-  died is published again by the next run (the consumer's claims make that harmless).
+- `publish_batches`: chunks whose ids are being published. A batch left here by a publisher that
+  died is published again by the next run, which the consumer's claims make harmless.
 - `delivery_claims`: one document per (email, attempt); inserting it is the atomic claim that keeps
   a redelivered or doubly published id from being sent twice.
 

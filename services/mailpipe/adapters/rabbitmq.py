@@ -76,7 +76,7 @@ class QueueClient:
     ) -> None:
         """Publish each id as a persistent message and wait for every confirm.
 
-        Raises ServiceUnavailableError when the broker rejects or cannot route a message; ids
+        Raises ServiceUnavailableError when the broker rejects or cannot route a message. Ids
         before the failing one are queued, so callers must treat the whole call as retryable.
         """
         properties = pika.BasicProperties(
@@ -164,14 +164,14 @@ class QueueClient:
             raise ServiceUnavailableError(f"returning deliveries to the queue failed: {error!r}") from error
 
     def sleep(self, seconds: float) -> None:
-        """Wait while still answering the broker's heartbeats."""
+        """Wait while still sending and receiving the broker's heartbeats."""
         try:
             self._connection.sleep(seconds)
         except pika.exceptions.AMQPError as error:
             raise ServiceUnavailableError(f"the RabbitMQ connection failed: {error!r}") from error
 
     def serve_heartbeats(self) -> None:
-        """Let pika answer heartbeats during long work between batches."""
+        """Process pending heartbeats so that long work between batches does not drop the connection."""
         try:
             self._connection.process_data_events(time_limit=0)
         except pika.exceptions.AMQPError as error:

@@ -5,7 +5,7 @@ publisher at one round trip per email (about 0.8 ms each on loopback). This publ
 chunk, then waits once for all confirms, on pika's SelectConnection through its public callback
 API. Like `QueueClient.publish_ids`, it returns only when RabbitMQ confirmed every id, and it
 raises ServiceUnavailableError when any id was nacked, returned as unroutable, or the connection
-failed; the caller then treats the whole chunk as not published.
+failed. The caller then treats the whole chunk as not published.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Translates smtplib's outcomes into the project's errors: 4xx replies, lost connections and
 timeouts are RetryableError; 5xx replies and a UTF-8 address that the server cannot take are
-PermanentError. The connection is reopened when the server closes it (some servers answer 421
+PermanentError. The connection is reopened when the server closes it (some servers reply 421
 after a fixed number of messages per connection).
 """
 

@@ -122,7 +122,7 @@ def main(config: Config) -> int:
 
     The job's last-success time is set only when every check passed, like the exit status.
     """
-    # The vhost of the workers' broker URL, so that the check sees the queues they use.
+    # The vhost of the workers' broker URL, so that the checks read the queues they use.
     vhost = config.connections.rabbitmq_vhost
     admins = [RabbitMQAdmin(url, vhost=vhost) for url in config.connections.rabbitmq_api_urls]
     try:

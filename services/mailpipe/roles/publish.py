@@ -98,8 +98,8 @@ def recover_open_batches(group: str, *, store: PublishStore, queue: IdPublisher)
             batch["_id"], group, len(queued),
         )
         queue.publish_ids(work_queue_name(group), queued)
-        # The chunk keeps only its emails that are still pending, the ones that failed to render
-        # before the crash included; the next run publishes or dequeues those.
+        # The chunk keeps only its emails that are still pending, including those that failed to
+        # render before the crash. The next run publishes or dequeues them.
         chunk = store.pending_chunk(group)
         if chunk is not None and chunk.chunk_id == batch.get("chunk_id"):
             statuses = store.emails_by_id([email["_id"] for email in chunk.emails])
