@@ -37,6 +37,7 @@ class GroupSummary:
     retried: int
     dequeued: int
     emails_per_second: float
+    seconds: float  # from `since` to the group's last email that reached a final state
     p50_seconds: float | None
     p95_seconds: float | None
 
@@ -69,6 +70,8 @@ def summarize(store: MailStore, *, since: datetime) -> list[GroupSummary]:
         window = 0.0
         if sent:
             window = max((document["sent_at"] - since).total_seconds() for document in sent)
+        finished = [document.get("sent_at") or document.get("dequeued_at") for document in documents]
+        seconds = max((at - since).total_seconds() for at in finished if isinstance(at, datetime))
         summaries.append(
             GroupSummary(
                 group=group,
@@ -76,6 +79,7 @@ def summarize(store: MailStore, *, since: datetime) -> list[GroupSummary]:
                 retried=sum(1 for document in documents if int(document.get("attempt_count") or 1) > 1),
                 dequeued=sum(1 for document in documents if document["status"] == "dequeued"),
                 emails_per_second=len(sent) / window if window > 0 else 0.0,
+                seconds=seconds,
                 p50_seconds=_percentile(latencies, 50),
                 p95_seconds=_percentile(latencies, 95),
             )

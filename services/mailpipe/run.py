@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from mailpipe import procstat
 from mailpipe.config import Config
 from mailpipe.jobs import StopFlag
 
@@ -35,6 +36,17 @@ class Child:
     started_at: float = 0.0
     peak_rss_bytes: int = 0
     environment: dict[str, str] = field(default_factory=dict)
+    cpu_seconds_before: float = 0.0  # of the processes that exited
+    cpu_seconds_current: float = 0.0  # last reading of the running process
+
+    @property
+    def cpu_seconds(self) -> float:
+        return self.cpu_seconds_before + self.cpu_seconds_current
+
+    def sample(self) -> None:
+        if self.process is not None:
+            self.peak_rss_bytes = max(self.peak_rss_bytes, procstat.peak_rss_bytes(self.process.pid))
+            self.cpu_seconds_current = procstat.cpu_seconds(self.process.pid) or self.cpu_seconds_current
 
 
 def pipeline_children(
@@ -111,13 +123,15 @@ class Supervisor:
         for child in self.children:
             process = child.process
             if process is not None:
-                child.peak_rss_bytes = max(child.peak_rss_bytes, _peak_rss_bytes(process.pid))
+                child.sample()
                 status = process.poll()
                 if status is None:
                     if now - child.started_at > 60:
                         child.restarts = 0  # a child that ran a minute is healthy again
                     continue
                 child.restarts += 1
+                child.cpu_seconds_before += child.cpu_seconds_current
+                child.cpu_seconds_current = 0.0
                 delay = min(30.0, 2.0 ** min(child.restarts, 5))
                 child.next_start = now + delay
                 child.process = None
@@ -136,6 +150,8 @@ class Supervisor:
 
     def stop(self) -> None:
         """Ask every child to stop (SIGTERM), wait for them, and kill what is left after the grace."""
+        for child in self.children:
+            child.sample()
         processes = [child.process for child in self.children if child.process is not None]
         processes += [process for process in self._periodic_running.values() if process.poll() is None]
         for process in processes:
@@ -149,18 +165,6 @@ class Supervisor:
                 process.kill()
                 process.wait()
         log.info("run: all processes stopped")
-
-
-def _peak_rss_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        # The process has exited, or this is not Linux: no reading this time.
-        return 0
-    return 0
 
 
 def main(config: Config, *, config_path: str | None, interval_seconds: float, metrics_base_port: int) -> int:
