@@ -210,19 +210,33 @@ class EmailGroup(Model):
         int, Field(ge=1, le=10_000_000, description="Ready plus unacked messages per consumer.")
     ] = 1000
     prefetch: Annotated[int, Field(ge=1, le=10_000, description="Unacked deliveries per consumer.")] = 100
+    batch_size: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=1000,
+            description=(
+                "Emails a consumer claims, sends and records together. A consumer killed in the middle"
+                " of a batch leaves up to this many emails with an unknown outcome, dequeued for a"
+                " person to check; 1 is the narrowest window and costs the most MongoDB writes."
+            ),
+        ),
+    ] = 10
     scaling: Scaling = Scaling()
 
     @model_validator(mode="after")
     def _min_within_max(self) -> EmailGroup:
         if self.min_consumers > self.max_consumers:
             raise ValueError("minConsumers must not exceed maxConsumers")
+        if self.batch_size > self.prefetch:
+            raise ValueError("batchSize must not exceed prefetch")
         return self
 
 
 def default_groups() -> list[EmailGroup]:
     return [
         EmailGroup(name="announcements", min_consumers=3, max_consumers=10),
-        EmailGroup(name="transactional", min_consumers=1, max_consumers=5, prefetch=20),
+        EmailGroup(name="transactional", min_consumers=1, max_consumers=5, prefetch=20, batch_size=1),
     ]
 
 

@@ -191,6 +191,12 @@ class Harness:
         return Harness(self.config.model_copy(update={"connections": connections}), self.database, self.store,
                        self.group, self.urgent_group)
 
+    def with_batch_size(self, size: int) -> Harness:
+        groups = [group.model_copy(update={"batch_size": size}) for group in self.config.spec.groups]
+        spec = self.config.spec.model_copy(update={"groups": groups})
+        return Harness(self.config.model_copy(update={"spec": spec}), self.database, self.store,
+                       self.group, self.urgent_group)
+
     def add_template(self, *, subject: str, text: str, html: str | None = None) -> int:
         name = f"t{uuid.uuid4().hex[:8]}"
         self.database.execute(

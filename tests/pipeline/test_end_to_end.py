@@ -232,42 +232,70 @@ def test_unreachable_smtp_pauses_without_using_attempts(harness: Harness, smtp_s
     assert len(smtp_sink.messages()) == 5
 
 
-class _DiesAfterAcceptance:
-    """An SMTP transport whose process dies right after the server accepted the nth message."""
+class _FailsAfterAcceptance:
+    """An SMTP transport that raises `error` right after the server accepted the nth message."""
 
-    def __init__(self, url: str, *, die_on: int) -> None:
+    def __init__(self, url: str, *, fail_on: int, error: BaseException) -> None:
         self.transport = SmtpTransport(url, timeout_seconds=5)
-        self.die_on = die_on
+        self.fail_on = fail_on
+        self.error = error
         self.sent = 0
 
     def send(self, **message: Any) -> Any:
         accepted = self.transport.send(**message)
         self.sent += 1
-        if self.sent == self.die_on:
-            raise KeyboardInterrupt("simulated consumer death after SMTP acceptance")
+        if self.sent == self.fail_on:
+            raise self.error
         return accepted
 
     def close(self) -> None:
         self.transport.close()
 
 
-def test_consumer_death_leaves_one_unknown(harness: Harness, smtp_sink: SinkServer) -> None:
-    harness = harness.with_smtp(smtp_sink.url)
+def _unknown(harness: Harness) -> set[str]:
+    return {email_id for email_id, document in harness.dequeued().items() if "outcome unknown" in document["reason"]}
+
+
+# (batch size, emails of the dying batch that the server had accepted)
+@pytest.mark.parametrize(("batch_size", "accepted_in_batch"), [(1, 1), (5, 4)])
+def test_consumer_death_leaves_its_batch_unknown(
+    harness: Harness, smtp_sink: SinkServer, batch_size: int, accepted_in_batch: int
+) -> None:
+    harness = harness.with_smtp(smtp_sink.url).with_batch_size(batch_size)
     _campaign_for(harness, 12)
     harness.populate()
     harness.publish()
+    # KeyboardInterrupt stands for a process killed outright: no handler of the consumer runs.
+    death = _FailsAfterAcceptance(smtp_sink.url, fail_on=4, error=KeyboardInterrupt("simulated kill"))
 
     with pytest.raises(KeyboardInterrupt):
-        harness.consume(transport=_DiesAfterAcceptance(smtp_sink.url, die_on=4))
+        harness.consume(transport=death)
     harness.consume(grace_seconds=0.5)
 
-    unknown = {email_id: document for email_id, document in harness.dequeued().items()
-               if "outcome unknown" in document["reason"]}
-    assert len(unknown) == 1
+    recipients = [str(message["To"]) for message in smtp_sink.messages()]
+    assert len(_unknown(harness)) == batch_size
+    assert harness.statuses() == {"sent": 12 - batch_size, "dequeued": batch_size}
+    assert len(recipients) == 12 - batch_size + accepted_in_batch
+    assert len(set(recipients)) == len(recipients)
+
+
+def test_unexpected_error_leaves_one_unknown(harness: Harness, smtp_sink: SinkServer) -> None:
+    harness = harness.with_smtp(smtp_sink.url).with_batch_size(10)
+    _campaign_for(harness, 12)
+    harness.populate()
+    harness.publish()
+    failing = _FailsAfterAcceptance(smtp_sink.url, fail_on=4, error=RuntimeError("simulated bug"))
+
+    with pytest.raises(RuntimeError):
+        harness.consume(transport=failing)
+    harness.consume(grace_seconds=0.5)
+
+    recipients = [str(message["To"]) for message in smtp_sink.messages()]
+    assert len(_unknown(harness)) == 1
     assert harness.statuses() == {"sent": 11, "dequeued": 1}
     # The unknown one did reach the server, once: every email arrived exactly once.
-    assert len(smtp_sink.messages()) == 12
-    assert len({str(message["To"]) for message in smtp_sink.messages()}) == 12
+    assert len(recipients) == 12
+    assert len(set(recipients)) == 12
 
 
 def test_unknown_audience_fails_only_its_campaign(harness: Harness, smtp_sink: SinkServer) -> None:

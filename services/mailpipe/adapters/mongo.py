@@ -17,11 +17,13 @@ Collections:
 - `delivery_claims`: one document per (email, attempt); inserting it is the atomic claim that keeps
   a redelivered or doubly published id from being sent twice.
 
-Only operations that FerretDB 1.24 supports are used: no transactions, no change streams. Two of
-its limits shape this module. Filters other than exactly `{"_id": value}` are evaluated by
-scanning, so hot paths look documents up one `_id` at a time. An update command with about 100
-statements or more deadlocks FerretDB's SQLite back end (each statement holds a pooled
-connection until the command ends), so bulk writes go out in batches of `BULK_BATCH_SIZE`.
+Only operations that FerretDB 1.24 supports are used: no transactions, no change streams. Its
+SQLite back end shapes this module. It evaluates filters other than `{"_id": value}` and
+`{"_id": {"$in": [...]}}` by scanning (the second form only with the patch that `make services`
+applies), so hot paths look documents up by `_id`. Each statement of a bulk write costs about as
+much as a command of its own, so the consumer writes per batch, not per email. An update command
+with about 100 statements or more deadlocked an unpatched FerretDB (each statement held a pooled
+connection until the command ended), so bulk writes go out in batches of `BULK_BATCH_SIZE`.
 """
 
 from __future__ import annotations
@@ -255,19 +257,21 @@ class MailStore:
         with _translated("reading a claim"):
             return self.claims.find_one({"_id": f"{email_id}#{attempt}"})
 
-    def release_claim(self, email_id: str, attempt: int) -> None:
-        """Drop a claim whose email was certainly not sent, so that a later delivery can send it."""
-        with _translated("releasing a claim"):
-            self.claims.delete_one({"_id": f"{email_id}#{attempt}"})
+    def release_claims(self, keys: Sequence[tuple[str, int]]) -> None:
+        """Drop claims whose emails were certainly not sent, so that a later delivery can send them."""
+        if not keys:
+            return
+        with _translated("releasing claims"):
+            self.claims.delete_many({"_id": {"$in": [f"{email_id}#{attempt}" for email_id, attempt in keys]}})
 
     def emails_by_id(self, email_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Return the documents of the given ids that exist, by id."""
         found: dict[str, dict[str, Any]] = {}
+        wanted = list(dict.fromkeys(email_ids))
         with _translated("reading emails"):
-            for email_id in email_ids:
-                # One look-up per id: FerretDB uses the _id index only for exactly {"_id": value}.
-                document = self.emails.find_one({"_id": email_id})
-                if document is not None:
-                    found[email_id] = document
+            for batch in _batches(wanted, 1000):
+                for document in self.emails.find({"_id": {"$in": list(batch)}}):
+                    found[str(document["_id"])] = document
         return found
 
     def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:

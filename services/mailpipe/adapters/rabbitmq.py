@@ -108,11 +108,14 @@ class QueueClient:
             raise ServiceUnavailableError(f"purging queue {queue!r} failed: {error!r}") from error
 
     def consume_batches(
-        self, queue: str, *, prefetch: int, max_wait_seconds: float = 0.05
+        self, queue: str, *, prefetch: int, batch_size: int | None = None, max_wait_seconds: float = 0.05
     ) -> Iterator[list[Delivery]]:
-        """Yield batches of up to `prefetch` deliveries; a batch closes early after `max_wait_seconds`
-        without a new message. An empty batch is yielded when the queue is idle, so the caller can
-        check whether to stop. Heartbeats are served while this waits."""
+        """Yield batches of up to `batch_size` deliveries (default: `prefetch`). A batch closes early
+        after `max_wait_seconds` without a new message. An empty batch is yielded when the queue is
+        idle, so the caller can check whether to stop. Heartbeats are served while this waits.
+
+        With `prefetch` above `batch_size`, RabbitMQ keeps sending while the caller works on a batch."""
+        size = min(batch_size or prefetch, prefetch)
         try:
             self._channel.basic_qos(prefetch_count=prefetch)
             batch: list[Delivery] = []
@@ -122,7 +125,7 @@ class QueueClient:
                     batch = []
                     continue
                 batch.append(_delivery(method, properties, body))
-                if len(batch) >= prefetch:
+                if len(batch) >= size:
                     yield batch
                     batch = []
         except pika.exceptions.AMQPError as error:

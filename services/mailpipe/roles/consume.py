@@ -1,24 +1,29 @@
 """consume GROUP: take ids from the group's queue in FIFO order, send each email over SMTP and
 record the outcome, then acknowledge.
 
-For each delivery of a batch (up to the group's prefetch), one email at a time:
-1. Claim the (email id, attempt) pair by inserting into `delivery_claims`. Only the first insert
-   wins, so an id delivered twice, or to two consumers, is sent at most once per attempt.
-2. Send the email over the kept-open SMTP connection.
-3. Record the outcome (sent, retrying, dequeued) in MongoDB and publish a retry to the delay queue
-   for its attempt (with publisher confirms).
-The batch is acknowledged after its last email.
+Deliveries arrive in batches of up to the group's `batchSize` (RabbitMQ keeps up to `prefetch`
+unacknowledged deliveries on their way, so the next batch is ready when this one ends). Per batch:
+1. Read the batch's documents with one query.
+2. Claim every (email id, attempt) pair with one insert into `delivery_claims`. Only the first
+   insert of a pair wins, so an id delivered twice, or to two consumers, is sent at most once per
+   attempt.
+3. Send the claimed emails one at a time over the kept-open SMTP connection.
+4. Record the outcomes (sent, retrying, dequeued) in MongoDB, publish retries to the delay queue
+   for their attempt (with publisher confirms), and acknowledge the batch.
+MongoDB thus sees three commands per batch rather than three per email.
 
 A consumer that dies leaves its deliveries unacknowledged, and RabbitMQ delivers them again. A
-redelivered email whose outcome was recorded is acknowledged without sending. The one email whose
-claim exists but whose outcome was never recorded may have been accepted by the SMTP server just
-before the consumer died. It is not sent again: after a grace period it is dequeued with the
-reason "outcome unknown", so that a person can check and resend it. This keeps the promise of
-never sending twice at the cost of a rare email that needs a look.
+redelivered email whose outcome was recorded is acknowledged without sending. An email whose claim
+exists but whose outcome was never recorded may have been accepted by the SMTP server just before
+the consumer died. It is not sent again: after a grace period it is dequeued with the reason
+"outcome unknown", so that a person can check and resend it. A dying consumer leaves at most one
+batch in that state, the emails it had sent and those it had not yet tried alike. This keeps the
+promise of never sending twice. A `batchSize` of 1 narrows the window to one email at the cost of
+three MongoDB commands per email.
 
-When the SMTP server cannot be reached or rejects the login, the email's claim is released, the
-rest of the batch goes back to the queue, and the consumer pauses with a growing delay instead of
-using up every email's attempts.
+When the SMTP server cannot be reached or rejects the login, the outcomes so far are recorded, the
+claims of the emails not yet sent are released, those deliveries go back to the queue, and the
+consumer pauses with a growing delay instead of using up every email's attempts.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ log = logging.getLogger(__name__)
 class ConsumeStore(Protocol):
     def claim(self, keys: list[tuple[str, int]], *, consumer: str) -> set[tuple[str, int]]: ...
     def claim_of(self, email_id: str, attempt: int) -> dict[str, Any] | None: ...
-    def release_claim(self, email_id: str, attempt: int) -> None: ...
+    def release_claims(self, keys: list[tuple[str, int]]) -> None: ...
     def emails_by_id(self, email_ids: list[str]) -> dict[str, dict[str, Any]]: ...
     def record_outcomes(self, outcomes: list[Outcome]) -> None: ...
     def dequeue(self, documents: list[dict[str, Any]], *, stage: str) -> None: ...
@@ -55,7 +60,9 @@ class ConsumeStore(Protocol):
 
 class ConsumeQueue(Protocol):
     def declare(self, queues: Any) -> None: ...
-    def consume_batches(self, queue: str, *, prefetch: int, max_wait_seconds: float = ...) -> Any: ...
+    def consume_batches(
+        self, queue: str, *, prefetch: int, batch_size: int | None = ..., max_wait_seconds: float = ...
+    ) -> Any: ...
     def cancel_consumer(self) -> None: ...
     def ack(self, delivery_tags: list[int]) -> None: ...
     def publish_ids(
@@ -121,12 +128,18 @@ class Consumer:
         """Consume until `should_stop()` is true (checked between batches), or until the queue has
         been idle for `idle_exit_seconds` when that is given (tests, the benchmark)."""
         self.queue.declare(group_queues(self.group, spec=self.spec))
-        log.info("consume: %s consuming group %s (prefetch %d)", self.name, self.group, self.settings.prefetch)
+        log.info(
+            "consume: %s consuming group %s (prefetch %d, batches of %d)",
+            self.name, self.group, self.settings.prefetch, self.settings.batch_size,
+        )
         idle_since = time.monotonic()
         next_dead_letter_check = time.monotonic()
         try:
             pause_seconds = 0.0
-            for batch in self.queue.consume_batches(work_queue_name(self.group), prefetch=self.settings.prefetch):
+            batches = self.queue.consume_batches(
+                work_queue_name(self.group), prefetch=self.settings.prefetch, batch_size=self.settings.batch_size
+            )
+            for batch in batches:
                 if batch:
                     try:
                         self.handle_batch(batch)
@@ -152,49 +165,73 @@ class Consumer:
         return self.result
 
     def handle_batch(self, batch: list[Delivery]) -> None:
-        """Handle a batch one email at a time, then acknowledge it.
-
-        Each email is claimed just before it is sent and its outcome is stored just after, so a
-        consumer that dies leaves at most the one email in flight with an unknown outcome.
-        """
-        acks: list[int] = []
-        for index, delivery in enumerate(batch):
-            try:
-                self._handle_delivery(delivery)
-            except SmtpUnavailableError:
-                # Nothing of this email was sent and its claim is released: it and the rest of the
-                # batch go back to the queue untouched, and the consumer pauses.
-                self.queue.ack(acks)
-                self.queue.requeue([later.delivery_tag for later in batch[index:]])
-                raise
-            acks.append(delivery.delivery_tag)
-            self.queue.serve_heartbeats()
-        self.queue.ack(acks)
-
-    def _handle_delivery(self, delivery: Delivery) -> None:
+        """Claim a batch's emails together, send them one at a time, then record every outcome and
+        acknowledge the batch."""
         work = _BatchWork()
+        ids = [delivery.email_id for delivery in batch if delivery.email_id is not None]
+        documents = self.store.emails_by_id(ids)
+        candidates: list[tuple[Delivery, dict[str, Any]]] = []
+        seen: set[tuple[str, int]] = set()
+        for delivery in batch:
+            document = self._sendable(delivery, documents, seen)
+            if document is None:
+                work.acks.append(delivery.delivery_tag)
+            else:
+                candidates.append((delivery, document))
+        keys = [(str(document["_id"]), delivery.attempt) for delivery, document in candidates]
+        claimed = self.store.claim(keys, consumer=self.name)
+        for index, (delivery, document) in enumerate(candidates):
+            if keys[index] not in claimed:
+                self._handle_unclaimed(delivery, document, work)
+                work.acks.append(delivery.delivery_tag)
+                continue
+            try:
+                self._deliver(delivery, document, work)
+            except SmtpUnavailableError:
+                # Nothing of this email or of the later ones was sent: their claims are released,
+                # their deliveries go back to the queue untouched, and the consumer pauses.
+                self.store.release_claims([key for key in keys[index:] if key in claimed])
+                self._apply(work)
+                self.queue.requeue([later.delivery_tag for later, _ in candidates[index:]])
+                raise
+            except Exception:
+                # An unexpected error: keep what is known, so that only this email ends up with an
+                # unknown outcome instead of the whole batch.
+                self._keep_known(work, [key for key in keys[index + 1 :] if key in claimed])
+                raise
+            work.acks.append(delivery.delivery_tag)
+            self.queue.serve_heartbeats()
+        self._apply(work)
+
+    def _keep_known(self, work: _BatchWork, untried: list[tuple[str, int]]) -> None:
+        """Record the outcomes so far and release the claims of emails not yet tried, as far as the
+        servers still answer; deliveries left unacknowledged come back from RabbitMQ."""
+        try:
+            self.store.release_claims(untried)
+            self._apply(work)
+        except Exception:  # noqa: BLE001 - the error that got here is the one to report
+            log.exception("consume: %s could not record the outcomes of its batch before stopping", self.name)
+
+    def _sendable(
+        self, delivery: Delivery, documents: dict[str, dict[str, Any]], seen: set[tuple[str, int]]
+    ) -> dict[str, Any] | None:
+        """Return the document to send for a delivery, or None when the delivery needs no send."""
         email_id = delivery.email_id
         if email_id is None:
             log.warning("consume: dropping malformed message %r from queue %s", delivery.raw_body, self.group)
             self._count("malformed")
-            return
-        document = self.store.emails_by_id([email_id]).get(email_id)
+            return None
+        document = documents.get(email_id)
         if document is None:
             log.warning("consume: email %s not found in cron_emails; dropping its message", email_id)
             self._count("missing")
-            return
-        if document.get("status") in ("sent", "dequeued"):
+            return None
+        if document.get("status") in ("sent", "dequeued") or (email_id, delivery.attempt) in seen:
+            # Recorded already, or the same id twice in one batch (published again after a crash).
             self._count("duplicate")
-            return
-        if (email_id, delivery.attempt) in self.store.claim([(email_id, delivery.attempt)], consumer=self.name):
-            try:
-                self._deliver(delivery, document, work)
-            except SmtpUnavailableError:
-                self.store.release_claim(email_id, delivery.attempt)
-                raise
-        else:
-            self._handle_unclaimed(delivery, document, work)
-        self._apply(work)
+            return None
+        seen.add((email_id, delivery.attempt))
+        return document
 
     def handle_dead_letters(self, *, max_count: int = 100) -> None:
         """Dequeue the emails whose ids RabbitMQ dead-lettered after too many deliveries.
