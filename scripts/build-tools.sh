@@ -75,8 +75,9 @@ build_ferretdb() {
     #   pool of 100 and deadlocked the server. Each statement now reads its documents and closes
     #   the read before writing: an open read also kept SQLite's checkpoints from resetting the
     #   write-ahead log, which grew without end (200 MB in 15 s) while each commit got slower.
-    # - A filter `{_id: {$in: [...]}}` scanned the collection; it now uses the _id index, so that
-    #   a consumer reads a batch of emails with one command.
+    # - Only a filter of exactly `{_id: value}` used the _id index. Now `{_id: {$in: [...]}}` does
+    #   too, with or without other conditions beside it, so that a consumer reads a batch of
+    #   emails, and the publisher replaces a chunk's, with one command.
     (cd "$source_copy" && git apply -p1 "$here/ferretdb-mailpipe.patch")
     build_with_wrapper ferretdb "$FERRETDB_CACHE_KEY" \
         "github.com/FerretDB/FerretDB@$FERRETDB_VERSION" "github.com/FerretDB/FerretDB=$source_copy" \

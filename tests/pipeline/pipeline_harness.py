@@ -226,13 +226,14 @@ class Harness:
     def populate(self) -> None:
         populate(source=self.database, sink=self.store, spec=self.config.spec)
 
-    def publish(self, group: str | None = None, *, queue: Any = None) -> PublishResult:
+    def publish(self, group: str | None = None, *, queue: Any = None, store: Any = None) -> PublishResult:
         own_queue = queue is None
         client = queue or QueueClient(self.config.connections.rabbitmq_url)
         try:
             name = group or self.group
             client.declare(group_queues(name, spec=self.config.spec))
-            return publish_group(name, lookups=self.database, store=self.store, queue=client, spec=self.config.spec)
+            return publish_group(name, lookups=self.database, store=store or self.store, queue=client,
+                                 spec=self.config.spec)
         finally:
             if own_queue:
                 client.close()

@@ -6,7 +6,7 @@ Populate queues pending emails in chunks of at most `publish.chunkSize` per grou
 takes the oldest chunk and deletes it once every id in it is published.
 
 Crash safety: the chunk's ids are journaled in `publish_batches` before they are marked queued
-and published. The journal entry is removed only after RabbitMQ confirmed every id and the chunk
+and published, `PUBLISH_STEP` at a time. The journal entry is removed only after RabbitMQ confirmed every id and the chunk
 was deleted. A publisher killed mid-chunk leaves its entry behind, and the next run publishes that
 batch's queued ids again and keeps only the chunk's still-pending emails. Ids already published
 then sit in the queue twice, and the consumer's claims send each email once.
@@ -32,6 +32,8 @@ from mailpipe.topology import work_queue_name
 
 log = logging.getLogger(__name__)
 
+PUBLISH_STEP = 100
+
 
 class LookupSource(Protocol):
     def users_by_id(self, user_ids: list[int]) -> dict[int, User]: ...
@@ -44,7 +46,7 @@ class PublishStore(Protocol):
     def open_publish_batch(self, batch_id: str, *, group: str, chunk_id: str, email_ids: list[str]) -> None: ...
     def close_publish_batch(self, batch_id: str) -> None: ...
     def open_publish_batches(self, group: str) -> list[dict[str, Any]]: ...
-    def bake_emails(self, baked: dict[str, dict[str, Any]]) -> None: ...
+    def store_baked(self, documents: list[dict[str, Any]]) -> list[str]: ...
     def emails_by_id(self, email_ids: list[str]) -> dict[str, dict[str, Any]]: ...
     def dequeue(self, documents: list[dict[str, Any]], *, stage: str) -> None: ...
 
@@ -99,11 +101,15 @@ def recover_open_batches(group: str, *, store: PublishStore, queue: IdPublisher)
         )
         queue.publish_ids(work_queue_name(group), queued)
         # The chunk keeps only its emails that are still pending, including those that failed to
-        # render before the crash. The next run publishes or dequeues them.
+        # render before the crash and those the crash left absent. The next run publishes or
+        # dequeues them.
         chunk = store.pending_chunk(group)
         if chunk is not None and chunk.chunk_id == batch.get("chunk_id"):
             statuses = store.emails_by_id([email["_id"] for email in chunk.emails])
-            still_pending = [email for email in chunk.emails if statuses.get(email["_id"], {}).get("status") == "pending"]
+            still_pending = [
+                email for email in chunk.emails
+                if statuses.get(email["_id"], {"status": "pending"}).get("status") == "pending"
+            ]
             store.keep_pending(group, chunk.chunk_id, still_pending)
         store.close_publish_batch(batch["_id"])
         republished += len(queued)
@@ -121,38 +127,62 @@ def publish_chunk(
     renderer: TemplateRenderer,
     result: PublishResult,
 ) -> None:
-    documents = chunk.emails
+    documents = _still_pending(group, chunk, store)
     users = lookups.users_by_id([document["user_id"] for document in documents])
     templates = lookups.templates_by_id([document["template_id"] for document in documents])
 
-    baked: dict[str, dict[str, Any]] = {}
+    baked: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     for document in documents:
         try:
-            baked[document["_id"]] = bake(document, user=users.get(document["user_id"]),
-                                          template=templates.get(document["template_id"]), spec=spec, renderer=renderer)
+            fields = bake(document, user=users.get(document["user_id"]),
+                          template=templates.get(document["template_id"]), spec=spec, renderer=renderer)
         except PermanentError as error:
             log.warning("publish: email %s of group %s fails: %s", document["_id"], group, error.reason)
             failed.append(_with_failure(document, error.reason))
+            continue
+        baked.append({**document, **fields, "status": "queued"})
 
+    published = 0
     if baked:
         batch_id = uuid.uuid4().hex
-        email_ids = list(baked)
-        store.open_publish_batch(batch_id, group=group, chunk_id=chunk.chunk_id, email_ids=email_ids)
-        store.bake_emails(baked)
-        queue.publish_ids(work_queue_name(group), email_ids)
+        store.open_publish_batch(batch_id, group=group, chunk_id=chunk.chunk_id,
+                                 email_ids=[document["_id"] for document in baked])
+        # Stored and published a step at a time, so that consumers start on the first emails of a
+        # chunk while the rest are still being stored, instead of waiting for the whole chunk.
+        for start in range(0, len(baked), PUBLISH_STEP):
+            stored = store.store_baked(baked[start : start + PUBLISH_STEP])
+            queue.publish_ids(work_queue_name(group), stored)
+            published += len(stored)
     if failed:
         store.dequeue(failed, stage="publish")
     store.keep_pending(group, chunk.chunk_id, [])
     if baked:
         store.close_publish_batch(batch_id)
-        result.queued += len(baked)
-        metrics.PUBLISHED.labels(group=group, outcome="queued").inc(len(baked))
+        result.queued += published
+        metrics.PUBLISHED.labels(group=group, outcome="queued").inc(published)
     if failed:
         result.failed += len(failed)
         metrics.PUBLISHED.labels(group=group, outcome="failed").inc(len(failed))
         metrics.DEQUEUED.labels(group=group, stage="publish").inc(len(failed))
-    log.info("publish: group %s chunk done: %d queued, %d failed", group, len(baked), len(failed))
+    log.info("publish: group %s chunk done: %d queued, %d failed", group, published, len(failed))
+
+
+def _still_pending(group: str, chunk: PendingChunk, store: PublishStore) -> list[dict[str, Any]]:
+    """Return the chunk's emails that still wait for the publisher, as stored now.
+
+    An email missing from `cron_emails` was removed by a publisher that stopped between deleting
+    and inserting it (see `store_baked`); its copy in the chunk stands in for it.
+    """
+    current = store.emails_by_id([email["_id"] for email in chunk.emails])
+    documents = []
+    for copy in chunk.emails:
+        document = current.get(copy["_id"], copy)
+        if document.get("status") == "pending":
+            documents.append(document)
+        else:
+            log.info("publish: email %s of group %s is %s already; skipping it", copy["_id"], group, document.get("status"))
+    return documents
 
 
 def bake(
