@@ -8,6 +8,7 @@ in the queue. pika errors become ServiceUnavailableError.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,8 @@ class QueueClient:
             self._channel.confirm_delivery()
         except pika.exceptions.AMQPError as error:
             raise ServiceUnavailableError(f"cannot connect to RabbitMQ: {error!r}") from error
+        self._unacked: set[int] = set()  # delivery tags received and not yet acked or requeued
+        self._heartbeats_served_at = 0.0
 
     def close(self) -> None:
         try:
@@ -125,6 +128,7 @@ class QueueClient:
                     batch = []
                     continue
                 batch.append(_delivery(method, properties, body))
+                self._unacked.add(method.delivery_tag)
                 if len(batch) >= size:
                     yield batch
                     batch = []
@@ -140,6 +144,7 @@ class QueueClient:
                 if method is None:
                     break
                 deliveries.append(_delivery(method, properties, body))
+                self._unacked.add(method.delivery_tag)
         except pika.exceptions.AMQPError as error:
             raise ServiceUnavailableError(f"reading from queue {queue!r} failed: {error!r}") from error
         return deliveries
@@ -152,11 +157,21 @@ class QueueClient:
             log.warning("cancelling the consumer failed: %r", error)
 
     def ack(self, delivery_tags: Sequence[int]) -> None:
+        """Acknowledge deliveries: with one frame when they are all the unacked deliveries up to the
+        highest of them, else one by one."""
+        if not delivery_tags:
+            return
+        tags = set(delivery_tags)
+        highest = max(tags)
         try:
-            for tag in delivery_tags:
-                self._channel.basic_ack(tag)
+            if tags == {tag for tag in self._unacked if tag <= highest}:
+                self._channel.basic_ack(highest, multiple=True)
+            else:
+                for tag in sorted(tags):
+                    self._channel.basic_ack(tag)
         except pika.exceptions.AMQPError as error:
             raise ServiceUnavailableError(f"acknowledging deliveries failed: {error!r}") from error
+        self._unacked -= tags
 
     def requeue(self, delivery_tags: Sequence[int]) -> None:
         """Return deliveries to their queue unhandled (basic.nack with requeue)."""
@@ -165,6 +180,7 @@ class QueueClient:
                 self._channel.basic_nack(tag, requeue=True)
         except pika.exceptions.AMQPError as error:
             raise ServiceUnavailableError(f"returning deliveries to the queue failed: {error!r}") from error
+        self._unacked -= set(delivery_tags)
 
     def sleep(self, seconds: float) -> None:
         """Wait while still sending and receiving the broker's heartbeats."""
@@ -174,7 +190,13 @@ class QueueClient:
             raise ServiceUnavailableError(f"the RabbitMQ connection failed: {error!r}") from error
 
     def serve_heartbeats(self) -> None:
-        """Process pending heartbeats so that long work between batches does not drop the connection."""
+        """Process pending heartbeats so that long work between batches does not drop the connection.
+
+        Calls within a second of the last one return at once: heartbeats come every few seconds."""
+        now = time.monotonic()
+        if now - self._heartbeats_served_at < 1.0:
+            return
+        self._heartbeats_served_at = now
         try:
             self._connection.process_data_events(time_limit=0)
         except pika.exceptions.AMQPError as error:
