@@ -78,6 +78,33 @@ def test_transient_failures_are_retried_then_sent(harness: Harness, faulty_smtp:
     assert [attempt["smtp_code"] for attempt in document["attempts"]] == [451, 451]
 
 
+class _StopsBeforeRetry(QueueClient):
+    """A consumer connection whose process dies when it first publishes a retry."""
+
+    def publish_ids(self, queue: str, email_ids: Any, **options: Any) -> None:
+        if options.get("attempt", 1) > 1:
+            raise KeyboardInterrupt("simulated consumer death between recording and retrying")
+        super().publish_ids(queue, email_ids, **options)
+
+
+def test_retry_lost_with_consumer_is_published_again(harness: Harness, faulty_smtp: Any) -> None:
+    server: FaultySmtpServer = faulty_smtp(fail_first=1)
+    harness = harness.with_smtp(server.url).with_batch_size(1)
+    _campaign_for(harness, 1)
+    harness.populate()
+    harness.publish()
+
+    with pytest.raises(KeyboardInterrupt):
+        harness.consume(queue=_StopsBeforeRetry(harness.config.connections.rabbitmq_url))
+    recorded = harness.document("c1u1")
+    harness.consume()
+
+    assert recorded["status"] == "retrying"
+    assert harness.statuses() == {"sent": 1}
+    assert harness.document("c1u1")["attempt_count"] == 2
+    assert len(server.accepted) == 1
+
+
 def test_always_failing_server_dequeues_after_five(harness: Harness, faulty_smtp: Any) -> None:
     server: FaultySmtpServer = faulty_smtp(fail_first=1000)
     harness = harness.with_smtp(server.url)

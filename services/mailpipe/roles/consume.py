@@ -320,6 +320,14 @@ class Consumer:
         """Decide about an id whose claim for this attempt another delivery took first."""
         email_id = document["_id"]
         recorded_attempts = int(document.get("attempt_count", 0))
+        if document.get("status") == "retrying" and recorded_attempts == delivery.attempt:
+            # This attempt failed and was recorded, but the consumer that recorded it may have
+            # stopped before publishing the next attempt. Publishing it again is harmless, since
+            # claims send each attempt at most once.
+            delay = backoff_delay_seconds(delivery.attempt, policy=self.spec.retry, random_value=self.draw())
+            work.retries.append((email_id, delivery.attempt + 1, delay))
+            self._count("duplicate")
+            return
         if document.get("status") in ("sent", "dequeued") or recorded_attempts >= delivery.attempt:
             # This attempt's outcome is recorded: the delivery is a duplicate.
             self._count("duplicate")
