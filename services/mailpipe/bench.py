@@ -78,10 +78,13 @@ def seed_audience(database: ApplicationDatabase, emails: int) -> tuple[int, int]
     return insert_template(database, ANNOUNCEMENT), insert_template(database, ORDER_CONFIRMATION)
 
 
-def campaign_finished(store: MailStore, queue: QueueClient, group: str, *, spec: PipelineSpec, expected: int) -> bool:
+def campaign_finished(
+    store: MailStore, queue: QueueClient, group: str, *, campaign: int, spec: PipelineSpec, expected: int
+) -> bool:
     # Counting scans cron_emails, which FerretDB does on the cores that serve the pipeline, so
-    # count only once the publisher has nothing left of this group and its queues are empty.
-    if store.has_pending(group):
+    # count only once populate read the whole audience, the publisher has nothing left of this
+    # group and its queues are empty.
+    if not (store.read_cursor(f"campaign:{campaign}") or {}).get("done") or store.has_pending(group):
         return False
     queues = [definition.name for definition in group_queues(group, spec=spec)]
     if any(queue.queue_depth(name) for name in queues if name != dead_letter_queue_name(group)):
@@ -144,6 +147,7 @@ def main(config: Config, *, emails: int, consumers: int) -> int:
         "INSERT INTO campaigns (name, template_id, email_group, audience, due_at) VALUES (%s, %s, %s, 'all', %s)",
         ("Benchmark campaign", campaign_template, campaign_group, started_at.replace(tzinfo=None)),
     )
+    campaign_id = int(database.query("SELECT MAX(id) AS id FROM campaigns")[0]["id"])
     state_directory = os.environ.get("MAILPIPE_STATE_DIR", ".run")
     servers_before = server_cpu_seconds(state_directory)
     queue = QueueClient(config.connections.rabbitmq_url, name="mailpipe-bench")
@@ -163,7 +167,9 @@ def main(config: Config, *, emails: int, consumers: int) -> int:
                 transactional += 1
             time.sleep(1.0)
             checks += 1
-            if checks % 5 == 0 and campaign_finished(store, queue, campaign_group, spec=config.spec, expected=emails):
+            if checks % 5 == 0 and campaign_finished(
+                store, queue, campaign_group, campaign=campaign_id, spec=config.spec, expected=emails
+            ):
                 break
         servers_after = server_cpu_seconds(state_directory)
         while not pipeline_finished(database, store):
