@@ -5,11 +5,12 @@ Per chunk: one look-up of users and one of templates (`WHERE id IN (...)`), neve
 Populate queues pending emails in chunks of at most `publish.chunkSize` per group. The publisher
 takes the oldest chunk and deletes it once every id in it is published.
 
-Crash safety: the chunk's ids are journaled in `publish_batches` before they are marked queued
-and published, `PUBLISH_STEP` at a time. The journal entry is removed only after RabbitMQ confirmed every id and the chunk
-was deleted. A publisher killed mid-chunk leaves its entry behind, and the next run publishes that
-batch's queued ids again and keeps only the chunk's still-pending emails. Ids already published
-then sit in the queue twice, and the consumer's claims send each email once.
+Crash safety: the ids of the chunk's pending emails are journaled in `publish_batches` before
+any of them is stored finished and published, `PUBLISH_STEP` at a time. The journal entry is
+removed only after RabbitMQ confirmed every id and the chunk was deleted. A publisher killed
+mid-chunk leaves its entry behind, and the next run publishes that batch's queued ids again and
+keeps only the chunk's still-pending emails. Ids already published then sit in the queue twice,
+and the consumer's claims send each email once.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -131,41 +133,51 @@ def publish_chunk(
     users = lookups.users_by_id([document["user_id"] for document in documents])
     templates = lookups.templates_by_id([document["template_id"] for document in documents])
 
-    baked: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
-    for document in documents:
-        try:
-            fields = bake(document, user=users.get(document["user_id"]),
-                          template=templates.get(document["template_id"]), spec=spec, renderer=renderer)
-        except PermanentError as error:
-            log.warning("publish: email %s of group %s fails: %s", document["_id"], group, error.reason)
-            failed.append(_with_failure(document, error.reason))
-            continue
-        baked.append({**document, **fields, "status": "queued"})
-
     published = 0
-    if baked:
-        batch_id = uuid.uuid4().hex
+    batch_id = uuid.uuid4().hex
+    if documents:
         store.open_publish_batch(batch_id, group=group, chunk_id=chunk.chunk_id,
-                                 email_ids=[document["_id"] for document in baked])
-        # Stored and published a step at a time, so that consumers start on the first emails of a
-        # chunk while the rest are still being stored, instead of waiting for the whole chunk.
-        for start in range(0, len(baked), PUBLISH_STEP):
-            stored = store.store_baked(baked[start : start + PUBLISH_STEP])
-            queue.publish_ids(work_queue_name(group), stored)
-            published += len(stored)
+                                 email_ids=[document["_id"] for document in documents])
+        # Rendered, stored and published a step at a time, so that consumers start on a chunk's
+        # first emails at once. One step is stored and published in a second thread while the
+        # main thread renders the next: rendering needs the CPU, storing mostly waits for servers.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish-store") as storer:
+            in_flight: Future[int] | None = None
+            for start in range(0, len(documents), PUBLISH_STEP):
+                baked: list[dict[str, Any]] = []
+                for document in documents[start : start + PUBLISH_STEP]:
+                    try:
+                        fields = bake(document, user=users.get(document["user_id"]),
+                                      template=templates.get(document["template_id"]), spec=spec, renderer=renderer)
+                    except PermanentError as error:
+                        log.warning("publish: email %s of group %s fails: %s", document["_id"], group, error.reason)
+                        failed.append(_with_failure(document, error.reason))
+                        continue
+                    baked.append({**document, **fields, "status": "queued"})
+                if in_flight is not None:
+                    published += in_flight.result()
+                in_flight = storer.submit(_store_and_publish, group, baked, store=store, queue=queue)
+            if in_flight is not None:
+                published += in_flight.result()
     if failed:
         store.dequeue(failed, stage="publish")
     store.keep_pending(group, chunk.chunk_id, [])
-    if baked:
+    if documents:
         store.close_publish_batch(batch_id)
-        result.queued += published
-        metrics.PUBLISHED.labels(group=group, outcome="queued").inc(published)
+    result.queued += published
+    metrics.PUBLISHED.labels(group=group, outcome="queued").inc(published)
     if failed:
         result.failed += len(failed)
         metrics.PUBLISHED.labels(group=group, outcome="failed").inc(len(failed))
         metrics.DEQUEUED.labels(group=group, stage="publish").inc(len(failed))
     log.info("publish: group %s chunk done: %d queued, %d failed", group, published, len(failed))
+
+
+def _store_and_publish(group: str, baked: list[dict[str, Any]], *, store: PublishStore, queue: IdPublisher) -> int:
+    stored = store.store_baked(baked)
+    queue.publish_ids(work_queue_name(group), stored)
+    return len(stored)
 
 
 def _still_pending(group: str, chunk: PendingChunk, store: PublishStore) -> list[dict[str, Any]]:
