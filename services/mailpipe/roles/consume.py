@@ -82,6 +82,7 @@ class Transport(Protocol):
 @dataclass
 class ConsumeResult:
     counts: dict[str, int] = field(default_factory=dict)
+    batches: int = 0
 
     def add(self, outcome: str, amount: int = 1) -> None:
         self.counts[outcome] = self.counts.get(outcome, 0) + amount
@@ -161,12 +162,13 @@ class Consumer:
         finally:
             self.queue.cancel_consumer()
             self.transport.close()
-        log.info("consume: %s stopped; outcomes %s", self.name, self.result.counts)
+        log.info("consume: %s stopped after %d batches; outcomes %s", self.name, self.result.batches, self.result.counts)
         return self.result
 
     def handle_batch(self, batch: list[Delivery]) -> None:
         """Claim a batch's emails together, send them one at a time, then record every outcome and
         acknowledge the batch."""
+        self.result.batches += 1
         work = _BatchWork()
         ids = [delivery.email_id for delivery in batch if delivery.email_id is not None]
         documents = self.store.emails_by_id(ids)
