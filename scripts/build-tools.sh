@@ -80,6 +80,8 @@ build_ferretdb() {
     #   emails, and the publisher replaces a chunk's, with one command.
     # - Release builds recorded a stack trace for every tracked iterator, to find leaks: about 7%
     #   of FerretDB's CPU. Only debug builds record them now; the check for leaks stays.
+    # - A writer that found SQLite's write lock taken slept 1, 2, 5 ms and more in SQLite's busy
+    #   handler, however soon the lock was free. Writes to one database now queue on a mutex.
     (cd "$source_copy" && git apply -p1 "$here/ferretdb-mailpipe.patch")
     build_with_wrapper ferretdb "$FERRETDB_CACHE_KEY" \
         "github.com/FerretDB/FerretDB@$FERRETDB_VERSION" "github.com/FerretDB/FerretDB=$source_copy" \
