@@ -93,6 +93,14 @@ def campaign_finished(
     return counts.get("sent", 0) + counts.get("dequeued", 0) >= expected
 
 
+def benchmark_groups(spec: PipelineSpec) -> tuple[str, str]:
+    """Return the group that sends the campaign and the group of the transactional requests."""
+    names = [group.name for group in spec.groups]
+    campaign = "announcements" if "announcements" in names else names[0]
+    urgent = "transactional" if "transactional" in names else names[-1]
+    return campaign, urgent
+
+
 def server_cpu_seconds(state_directory: str) -> dict[str, float]:
     """Return the CPU time used so far by each local server that `make services` started."""
     readings: dict[str, float] = {}
@@ -119,7 +127,9 @@ def raw_smtp_rate(messages: int, *, message_bytes: int) -> float:
     return messages / (time.perf_counter() - started)
 
 
-def main(config: Config, *, emails: int, consumers: int) -> int:
+def main(config: Config, *, emails: int, consumers: int | None) -> int:
+    if consumers is None:
+        consumers = max(1, config.spec.group(benchmark_groups(config.spec)[0]).min_consumers)
     name = f"mailpipe_bench_{datetime.now(UTC):%Y%m%d%H%M%S}"
     mysql_url, mongodb_url = create_databases(config, name)
     try:
@@ -145,9 +155,7 @@ def run_campaign(config: Config, mysql_url: str, mongodb_url: str, *, emails: in
     store.ensure_indexes()
     print(f"Seeding {emails} users ...", flush=True)
     campaign_template, order_template = seed_audience(database, emails)
-    groups = [group.name for group in config.spec.groups]
-    campaign_group = "announcements" if "announcements" in groups else groups[0]
-    urgent_group = "transactional" if "transactional" in groups else groups[-1]
+    campaign_group, urgent_group = benchmark_groups(config.spec)
 
     log_directory = os.path.join(os.environ.get("MAILPIPE_STATE_DIR", ".run"), "logs", "bench")
     children = pipeline_children(

@@ -79,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="benchmark: emails end to end into smtp-sink beside raw SMTP speed")
     bench.add_argument("--emails", type=int, default=100_000, help="campaign size (default 100000)")
-    bench.add_argument("--consumers", type=int, default=2, help="campaign consumers (default 2)")
+    bench.add_argument(
+        "--consumers", type=int, default=None,
+        help="campaign consumers (default: the campaign group's minConsumers, 3 unless configured)",
+    )
     return parser
 
 
