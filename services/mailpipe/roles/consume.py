@@ -10,7 +10,7 @@ unacknowledged deliveries on their way, so the next batch is ready when this one
 3. Send the claimed emails one at a time over the kept-open SMTP connection.
 4. Record the outcomes (sent, retrying, dequeued) in MongoDB, publish retries to the delay queue
    for their attempt (with publisher confirms), and acknowledge the batch.
-MongoDB thus sees three commands per batch rather than three per email.
+That makes three MongoDB commands per batch rather than three per email.
 
 A consumer that dies leaves its deliveries unacknowledged, and RabbitMQ delivers them again. A
 redelivered email whose outcome was recorded is acknowledged without sending. An email whose claim
@@ -21,8 +21,8 @@ batch in that state, the emails it had sent and those it had not yet tried alike
 promise of never sending twice. A `batchSize` of 1 narrows the window to one email at the cost of
 three MongoDB commands per email.
 
-When the SMTP server cannot be reached or rejects the login, the outcomes so far are recorded, the
-claims of the emails not yet sent are released, those deliveries go back to the queue, and the
+When the SMTP server cannot be reached or rejects the login, the outcomes so far are recorded and
+the claims of the emails not yet sent are released. Those deliveries go back to the queue, and the
 consumer pauses with a growing delay instead of using up every email's attempts.
 """
 
@@ -206,8 +206,8 @@ class Consumer:
         self._apply(work)
 
     def _keep_known(self, work: _BatchWork, untried: list[tuple[str, int]]) -> None:
-        """Record the outcomes so far and release the claims of emails not yet tried, as far as the
-        servers still answer; deliveries left unacknowledged come back from RabbitMQ."""
+        """Record the outcomes so far and release the claims of the emails not yet tried, if MongoDB
+        and RabbitMQ are still reachable. Deliveries left unacknowledged come back from RabbitMQ."""
         try:
             self.store.release_claims(untried)
             self._apply(work)

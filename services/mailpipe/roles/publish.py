@@ -184,7 +184,7 @@ def _still_pending(group: str, chunk: PendingChunk, store: PublishStore) -> list
     """Return the chunk's emails that still wait for the publisher, as stored now.
 
     An email missing from `cron_emails` was removed by a publisher that stopped between deleting
-    and inserting it (see `store_baked`); its copy in the chunk stands in for it.
+    and inserting it (see `store_baked`), so its copy in the chunk is used instead.
     """
     current = store.emails_by_id([email["_id"] for email in chunk.emails])
     documents = []
