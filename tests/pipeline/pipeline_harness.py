@@ -240,14 +240,14 @@ class Harness:
 
     def consume(self, group: str | None = None, *, timeout: float = 60.0, queue: QueueClient | None = None,
                 stop_when_final: bool = True, transport: Any = None, grace_seconds: float | None = None,
-                stop_after_seconds: float | None = None) -> Consumer:
+                stop_after_seconds: float | None = None, store: Any = None) -> Consumer:
         """Consume until every email is sent or dequeued, or until the queue went idle when `stop_when_final` is false."""
         name = group or self.group
         client = queue or QueueClient(self.config.connections.rabbitmq_url)
         transport = transport or SmtpTransport(
             self.config.connections.smtp_url, timeout_seconds=self.config.spec.smtp.timeout_seconds
         )
-        consumer = Consumer(name, spec=self.config.spec, store=self.store, queue=client, transport=transport,
+        consumer = Consumer(name, spec=self.config.spec, store=store or self.store, queue=client, transport=transport,
                             name=f"test-{uuid.uuid4().hex[:6]}")
         if grace_seconds is not None:
             consumer.in_flight_grace = timedelta(seconds=grace_seconds)

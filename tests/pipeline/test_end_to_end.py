@@ -347,6 +347,40 @@ def test_consumer_death_leaves_its_batch_unknown(
     assert len(set(recipients)) == len(recipients)
 
 
+class _ClaimAnswerLost:
+    """A store whose first claim is stored but answered with an error, as when MongoDB fails over."""
+
+    def __init__(self, store: MailStore) -> None:
+        self.store = store
+        self.failed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def claim(self, keys: list[tuple[str, int]], *, consumer: str) -> set[tuple[str, int]]:
+        claimed = self.store.claim(keys, consumer=consumer)
+        if not self.failed:
+            self.failed = True
+            raise ServiceUnavailableError("simulated lost answer to the claim")
+        return claimed
+
+
+def test_lost_claim_answer_sends_everything_once(harness: Harness, smtp_sink: SinkServer) -> None:
+    harness = harness.with_smtp(smtp_sink.url)
+    _campaign_for(harness, 12)
+    harness.populate()
+    harness.publish()
+
+    with pytest.raises(ServiceUnavailableError):
+        harness.consume(store=_ClaimAnswerLost(harness.store))
+    harness.consume(grace_seconds=0.5)
+
+    recipients = [str(message["To"]) for message in smtp_sink.messages()]
+    assert harness.statuses() == {"sent": 12}
+    assert len(recipients) == 12
+    assert len(set(recipients)) == 12
+
+
 def test_unexpected_error_leaves_one_unknown(harness: Harness, smtp_sink: SinkServer) -> None:
     harness = harness.with_smtp(smtp_sink.url).with_batch_size(10)
     _campaign_for(harness, 12)

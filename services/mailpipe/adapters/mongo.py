@@ -303,12 +303,14 @@ class MailStore:
         with _translated("reading a claim"):
             return self.claims.find_one({"_id": f"{email_id}#{attempt}"})
 
-    def release_claims(self, keys: Sequence[tuple[str, int]]) -> None:
-        """Drop claims whose emails were certainly not sent, so that a later delivery can send them."""
+    def release_claims(self, keys: Sequence[tuple[str, int]], *, consumer: str) -> None:
+        """Drop a consumer's claims whose emails were certainly not sent, so that a later delivery
+        can send them. Claims that another consumer holds stay."""
         if not keys:
             return
+        ids = [f"{email_id}#{attempt}" for email_id, attempt in keys]
         with _translated("releasing claims"):
-            self.claims.delete_many({"_id": {"$in": [f"{email_id}#{attempt}" for email_id, attempt in keys]}})
+            self.claims.delete_many({"_id": {"$in": ids}, "consumer": consumer})
 
     def emails_by_id(self, email_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Return the documents of the given ids that exist, by id."""

@@ -42,7 +42,7 @@ from mailpipe.adapters.rabbitmq import Delivery
 from mailpipe.adapters.smtp import Accepted
 from mailpipe.backoff import backoff_delay_seconds
 from mailpipe.config import PipelineSpec
-from mailpipe.errors import PermanentError, RetryableError, SmtpUnavailableError
+from mailpipe.errors import PermanentError, RetryableError, ServiceUnavailableError, SmtpUnavailableError
 from mailpipe.topology import dead_letter_queue_name, group_queues, retry_queue_name, work_queue_name
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 class ConsumeStore(Protocol):
     def claim(self, keys: list[tuple[str, int]], *, consumer: str) -> set[tuple[str, int]]: ...
     def claim_of(self, email_id: str, attempt: int) -> dict[str, Any] | None: ...
-    def release_claims(self, keys: list[tuple[str, int]]) -> None: ...
+    def release_claims(self, keys: list[tuple[str, int]], *, consumer: str) -> None: ...
     def emails_by_id(self, email_ids: list[str]) -> dict[str, dict[str, Any]]: ...
     def record_outcomes(self, outcomes: list[Outcome]) -> None: ...
     def dequeue(self, documents: list[dict[str, Any]], *, stage: str) -> None: ...
@@ -181,7 +181,13 @@ class Consumer:
             else:
                 candidates.append((delivery, document))
         keys = [(str(document["_id"]), delivery.attempt) for delivery, document in candidates]
-        claimed = self.store.claim(keys, consumer=self.name)
+        try:
+            claimed = self.store.claim(keys, consumer=self.name)
+        except ServiceUnavailableError:
+            # The claims may have been stored before the error. Nothing is sent yet, so they are
+            # dropped if MongoDB still answers; else their emails end up "outcome unknown".
+            self._keep_known(_BatchWork(), keys)
+            raise
         for index, (delivery, document) in enumerate(candidates):
             if keys[index] not in claimed:
                 self._handle_unclaimed(delivery, document, work)
@@ -192,7 +198,7 @@ class Consumer:
             except SmtpUnavailableError:
                 # Nothing of this email or of the later ones was sent: their claims are released,
                 # their deliveries go back to the queue untouched, and the consumer pauses.
-                self.store.release_claims([key for key in keys[index:] if key in claimed])
+                self.store.release_claims([key for key in keys[index:] if key in claimed], consumer=self.name)
                 self._apply(work)
                 self.queue.requeue([later.delivery_tag for later, _ in candidates[index:]])
                 raise
@@ -209,7 +215,7 @@ class Consumer:
         """Record the outcomes so far and release the claims of the emails not yet tried, if MongoDB
         and RabbitMQ are still reachable. Deliveries left unacknowledged come back from RabbitMQ."""
         try:
-            self.store.release_claims(untried)
+            self.store.release_claims(untried, consumer=self.name)
             self._apply(work)
         except Exception:  # noqa: BLE001 - the error that got here is the one to report
             log.exception("consume: %s could not record the outcomes of its batch before stopping", self.name)
