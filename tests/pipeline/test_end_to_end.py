@@ -26,12 +26,16 @@ def _campaign_for(harness: Harness, count: int, *, subject: str = "Hello {{ firs
     return user_ids
 
 
-def test_emails_arrive_exactly_once_with_headers(harness: Harness, smtp_sink: SinkServer) -> None:
-    harness = harness.with_smtp(smtp_sink.url)
-    _campaign_for(harness, 40)
-
+def _publish_campaign(harness: Harness, count: int) -> None:
+    """Make a campaign to `count` new users, then populate and publish it."""
+    _campaign_for(harness, count)
     harness.populate()
     harness.publish()
+
+
+def test_emails_arrive_exactly_once_with_headers(harness: Harness, smtp_sink: SinkServer) -> None:
+    harness = harness.with_smtp(smtp_sink.url)
+    _publish_campaign(harness, 40)
     harness.consume()
 
     messages = smtp_sink.messages()
@@ -64,10 +68,7 @@ def test_rerunning_populate_and_publish_adds_nothing(harness: Harness, smtp_sink
 def test_transient_failures_are_retried_then_sent(harness: Harness, faulty_smtp: Any) -> None:
     server: FaultySmtpServer = faulty_smtp(fail_first=2)
     harness = harness.with_smtp(server.url)
-    _campaign_for(harness, 3)
-
-    harness.populate()
-    harness.publish()
+    _publish_campaign(harness, 3)
     harness.consume()
 
     assert harness.statuses() == {"sent": 3}
@@ -90,9 +91,7 @@ class _StopsBeforeRetry(QueueClient):
 def test_retry_lost_with_consumer_is_published_again(harness: Harness, faulty_smtp: Any) -> None:
     server: FaultySmtpServer = faulty_smtp(fail_first=1)
     harness = harness.with_smtp(server.url).with_batch_size(1)
-    _campaign_for(harness, 1)
-    harness.populate()
-    harness.publish()
+    _publish_campaign(harness, 1)
 
     with pytest.raises(KeyboardInterrupt):
         harness.consume(queue=_StopsBeforeRetry(harness.config.connections.rabbitmq_url))
@@ -108,10 +107,7 @@ def test_retry_lost_with_consumer_is_published_again(harness: Harness, faulty_sm
 def test_always_failing_server_dequeues_after_five(harness: Harness, faulty_smtp: Any) -> None:
     server: FaultySmtpServer = faulty_smtp(fail_first=1000)
     harness = harness.with_smtp(server.url)
-    _campaign_for(harness, 2)
-
-    harness.populate()
-    harness.publish()
+    _publish_campaign(harness, 2)
     harness.consume()
 
     dequeued = harness.dequeued()
@@ -127,10 +123,7 @@ def test_always_failing_server_dequeues_after_five(harness: Harness, faulty_smtp
 def test_server_closing_connection_is_reconnected(harness: Harness, faulty_smtp: Any) -> None:
     server: FaultySmtpServer = faulty_smtp(close_after=3)
     harness = harness.with_smtp(server.url)
-    _campaign_for(harness, 10)
-
-    harness.populate()
-    harness.publish()
+    _publish_campaign(harness, 10)
     consumer = harness.consume()
 
     assert harness.statuses() == {"sent": 10}
@@ -148,9 +141,7 @@ class _CrashBeforeAck(QueueClient):
 
 def test_crash_before_ack_sends_nothing_twice(harness: Harness, smtp_sink: SinkServer) -> None:
     harness = harness.with_smtp(smtp_sink.url)
-    _campaign_for(harness, 20)
-    harness.populate()
-    harness.publish()
+    _publish_campaign(harness, 20)
 
     with pytest.raises(ServiceUnavailableError):
         harness.consume(queue=_CrashBeforeAck(harness.config.connections.rabbitmq_url))
@@ -265,9 +256,7 @@ def test_urgent_group_has_its_own_queue(harness: Harness, smtp_sink: SinkServer)
 
 def test_dead_lettered_ids_are_dequeued(harness: Harness, smtp_sink: SinkServer) -> None:
     harness = harness.with_smtp(smtp_sink.url)
-    _campaign_for(harness, 2)
-    harness.populate()
-    harness.publish()
+    _publish_campaign(harness, 2)
     # What RabbitMQ does once a message exceeded its delivery limit: move it to GROUP.dead.
     queue = QueueClient(harness.config.connections.rabbitmq_url)
     poisoned = queue.get_batch(harness.group, max_count=1)[0]
@@ -283,9 +272,7 @@ def test_dead_lettered_ids_are_dequeued(harness: Harness, smtp_sink: SinkServer)
 
 
 def test_unreachable_smtp_pauses_without_using_attempts(harness: Harness, smtp_sink: SinkServer) -> None:
-    _campaign_for(harness, 5)
-    harness.populate()
-    harness.publish()
+    _publish_campaign(harness, 5)
     closed_port = free_port()
 
     harness.with_smtp(f"smtp://127.0.0.1:{closed_port}").consume(stop_after_seconds=4)
@@ -330,9 +317,7 @@ def test_consumer_death_leaves_its_batch_unknown(
     harness: Harness, smtp_sink: SinkServer, batch_size: int, accepted_in_batch: int
 ) -> None:
     harness = harness.with_smtp(smtp_sink.url).with_batch_size(batch_size)
-    _campaign_for(harness, 12)
-    harness.populate()
-    harness.publish()
+    _publish_campaign(harness, 12)
     # KeyboardInterrupt stands for a process killed outright: no handler of the consumer runs.
     death = _FailsAfterAcceptance(smtp_sink.url, fail_on=4, error=KeyboardInterrupt("simulated kill"))
 
@@ -367,9 +352,7 @@ class _ClaimAnswerLost:
 
 def test_lost_claim_answer_sends_everything_once(harness: Harness, smtp_sink: SinkServer) -> None:
     harness = harness.with_smtp(smtp_sink.url)
-    _campaign_for(harness, 12)
-    harness.populate()
-    harness.publish()
+    _publish_campaign(harness, 12)
 
     with pytest.raises(ServiceUnavailableError):
         harness.consume(store=_ClaimAnswerLost(harness.store))
@@ -383,9 +366,7 @@ def test_lost_claim_answer_sends_everything_once(harness: Harness, smtp_sink: Si
 
 def test_unexpected_error_leaves_one_unknown(harness: Harness, smtp_sink: SinkServer) -> None:
     harness = harness.with_smtp(smtp_sink.url).with_batch_size(10)
-    _campaign_for(harness, 12)
-    harness.populate()
-    harness.publish()
+    _publish_campaign(harness, 12)
     failing = _FailsAfterAcceptance(smtp_sink.url, fail_on=4, error=RuntimeError("simulated bug"))
 
     with pytest.raises(RuntimeError):

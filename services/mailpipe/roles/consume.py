@@ -185,7 +185,7 @@ class Consumer:
             claimed = self.store.claim(keys, consumer=self.name)
         except ServiceUnavailableError:
             # The claims may have been stored before the error. Nothing is sent yet, so they are
-            # dropped if MongoDB still answers; else their emails end up "outcome unknown".
+            # dropped if MongoDB is still reachable. Otherwise their emails end up "outcome unknown".
             self._keep_known(_BatchWork(), keys)
             raise
         for index, (delivery, document) in enumerate(candidates):
