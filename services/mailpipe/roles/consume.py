@@ -189,12 +189,13 @@ class Consumer:
             self._keep_known(_BatchWork(), keys)
             raise
         for index, (delivery, document) in enumerate(candidates):
-            if keys[index] not in claimed:
-                self._handle_unclaimed(delivery, document, work)
-                work.acks.append(delivery.delivery_tag)
-                continue
             try:
-                self._deliver(delivery, document, work)
+                if keys[index] in claimed:
+                    self._deliver(delivery, document, work)
+                else:
+                    self._handle_unclaimed(delivery, document, work)
+                work.acks.append(delivery.delivery_tag)
+                self.queue.serve_heartbeats()
             except SmtpUnavailableError:
                 # Nothing of this email or of the later ones was sent: their claims are released,
                 # their deliveries go back to the queue untouched, and the consumer pauses.
@@ -203,12 +204,10 @@ class Consumer:
                 self.queue.requeue([later.delivery_tag for later, _ in candidates[index:]])
                 raise
             except Exception:
-                # An unexpected error: keep what is known, so that only this email ends up with an
-                # unknown outcome instead of the whole batch.
+                # An unexpected error, or RabbitMQ gone: keep what is known, so that at most this
+                # email ends up with an unknown outcome instead of the whole batch.
                 self._keep_known(work, [key for key in keys[index + 1 :] if key in claimed])
                 raise
-            work.acks.append(delivery.delivery_tag)
-            self.queue.serve_heartbeats()
         self._apply(work)
 
     def _keep_known(self, work: _BatchWork, untried: list[tuple[str, int]]) -> None:
