@@ -188,12 +188,17 @@ def _still_pending(group: str, chunk: PendingChunk, store: PublishStore) -> list
     """
     current = store.emails_by_id([email["_id"] for email in chunk.emails])
     documents = []
+    skipped: dict[str, int] = {}
     for copy in chunk.emails:
         document = current.get(copy["_id"], copy)
         if document.get("status") == "pending":
             documents.append(document)
         else:
-            log.info("publish: email %s of group %s is %s already; skipping it", copy["_id"], group, document.get("status"))
+            status = str(document.get("status"))
+            skipped[status] = skipped.get(status, 0) + 1
+    if skipped:
+        log.info("publish: chunk %s of group %s: skipping emails handled already, by status: %s",
+                 chunk.chunk_id, group, skipped)
     return documents
 
 
