@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import time
+
 import pytest
 
 from mailpipe.errors import PermanentError
@@ -205,3 +208,28 @@ def test_failure_leaves_renderer_usable() -> None:
     content = renderer.render(make_template(), {"first_name": "Ana"})
 
     assert content.subject == "Hello Ana"
+
+
+def test_endless_template_stops_at_time_limit() -> None:
+    loops = "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}"
+    template = make_template(text=loops)
+    started = time.monotonic()
+
+    with pytest.raises(PermanentError, match="took longer than 0.3 s"):
+        TemplateRenderer(time_limit_seconds=0.3).render(template, {"first_name": "Ana"})
+
+    assert time.monotonic() - started < 5
+
+
+def test_huge_output_stops_at_size_limit() -> None:
+    template = make_template(text="{% for a in range(100000) %}{{ 'x' * 100000 }}{% endfor %}")
+
+    with pytest.raises(PermanentError, match="limit of 50000 bytes"):
+        TemplateRenderer(max_output_chars=50_000).render(template, {"first_name": "Ana"})
+
+
+def test_limits_leave_no_alarm_behind() -> None:
+    TemplateRenderer(time_limit_seconds=0.2).render(make_template(), {"first_name": "Ana"})
+
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    assert signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, signal.SIG_IGN, None)

@@ -2,12 +2,21 @@
 
 The publisher renders each email of a chunk through one `TemplateRenderer`, which compiles every
 template once per (id, version) and turns any template failure into a `PermanentError`.
+
+Limits: an email's render stops with a `PermanentError` once its output passes `max_output_chars`
+(the publisher passes `smtp.maxMessageBytes`: a message never has fewer bytes than characters),
+and once it has run for `time_limit_seconds`. The time limit uses SIGALRM, so it holds only when
+rendering runs in the main thread of the process and nothing else handles SIGALRM, as in the
+publisher.
 """
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +27,8 @@ from jinja2.sandbox import SandboxedEnvironment
 from mailpipe.errors import PermanentError
 
 _DEFAULT_CACHE_SIZE = 256
+DEFAULT_TIME_LIMIT_SECONDS = 5.0
+DEFAULT_MAX_OUTPUT_CHARS = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -57,8 +68,16 @@ class TemplateRenderer:
     must use the `default` filter for optional values.
     """
 
-    def __init__(self, *, cache_size: int = _DEFAULT_CACHE_SIZE) -> None:
+    def __init__(
+        self,
+        *,
+        cache_size: int = _DEFAULT_CACHE_SIZE,
+        time_limit_seconds: float = DEFAULT_TIME_LIMIT_SECONDS,
+        max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS,
+    ) -> None:
         self._cache_size = cache_size
+        self._time_limit_seconds = time_limit_seconds
+        self._max_output_chars = max_output_chars
         self._cache: OrderedDict[tuple[int, str], _CompiledTemplate | PermanentError] = OrderedDict()
         self._plain_env = SandboxedEnvironment(
             undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True
@@ -72,13 +91,13 @@ class TemplateRenderer:
         compiled = self._compiled(template)
         values = {key: value for key, value in context.items() if value is not None}
 
-        # NOTE: rendering has no time or output limit, so a template with huge loops can hold the
-        # publisher for long. Oversized output is only rejected later by compose_email.
-        subject = _render_part(compiled.subject, values, template_id=template.id, part="subject")
-        text = _render_part(compiled.text, values, template_id=template.id, part="text body")
-        html = None
-        if compiled.html is not None:
-            html = _render_part(compiled.html, values, template_id=template.id, part="HTML body")
+        limit = _OutputLimit(self._max_output_chars, template_id=template.id)
+        with _time_limit(self._time_limit_seconds, template_id=template.id):
+            subject = _render_part(compiled.subject, values, limit, template_id=template.id, part="subject")
+            text = _render_part(compiled.text, values, limit, template_id=template.id, part="text body")
+            html = None
+            if compiled.html is not None:
+                html = _render_part(compiled.html, values, limit, template_id=template.id, part="HTML body")
 
         # A template or a value may end the subject with a newline, which is harmless once
         # stripped. A line break inside it would start a new header, so that fails.
@@ -133,11 +152,70 @@ def _compile_part(environment: SandboxedEnvironment, source: str, *, part: str) 
         ) from error
 
 
-def _render_part(
-    compiled: jinja2.Template, values: Mapping[str, Any], *, template_id: int, part: str
-) -> str:
+class _RenderTimeout(Exception):
+    """Raised by the SIGALRM handler inside a render that ran out of time."""
+
+
+class _OutputLimit:
+    """Counts the characters an email's render produced, across its parts."""
+
+    def __init__(self, max_chars: int, *, template_id: int) -> None:
+        self.left = max_chars
+        self.max_chars = max_chars
+        self.template_id = template_id
+
+    def take(self, piece: str, *, part: str) -> None:
+        self.left -= len(piece)
+        if self.left < 0:
+            raise PermanentError(
+                f"Template {self.template_id}: the rendered {part} makes the email larger than the"
+                f" limit of {self.max_chars} bytes (smtp.maxMessageBytes); rendering stopped"
+            )
+
+
+@contextmanager
+def _time_limit(seconds: float, *, template_id: int) -> Iterator[None]:
+    """Interrupt the block after `seconds` with a PermanentError (main thread only)."""
+    if (
+        seconds <= 0
+        or not hasattr(signal, "setitimer")
+        or threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGALRM) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+    ):
+        # No limit rather than breaking another user of SIGALRM, or outside the main thread.
+        yield
+        return
+
+    active = [True]
+
+    def interrupt(signum: int, frame: object) -> None:
+        if active[0]:
+            raise _RenderTimeout
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    # The alarm repeats every 0.1 s, in case code inside the template swallows the first one.
+    signal.setitimer(signal.ITIMER_REAL, seconds, 0.1)
     try:
-        return compiled.render(values)
+        yield
+    except _RenderTimeout:
+        raise PermanentError(f"Template {template_id}: rendering took longer than {seconds:g} s; stopped") from None
+    finally:
+        active[0] = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _render_part(
+    compiled: jinja2.Template, values: Mapping[str, Any], limit: _OutputLimit, *, template_id: int, part: str
+) -> str:
+    pieces: list[str] = []
+    try:
+        for piece in compiled.generate(values):
+            limit.take(piece, part=part)
+            pieces.append(piece)
+        return "".join(pieces)
+    except (PermanentError, _RenderTimeout):
+        raise
     except jinja2.UndefinedError as error:
         # A missing value, or a null one that was left out of the context.
         raise PermanentError(

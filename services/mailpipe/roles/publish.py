@@ -76,7 +76,7 @@ def publish_group(
     max_chunks: int | None = None,
 ) -> PublishResult:
     """Publish a group's pending emails until none is left (or `max_chunks` chunks are done)."""
-    renderer = renderer or TemplateRenderer()
+    renderer = renderer or TemplateRenderer(max_output_chars=spec.smtp.max_message_bytes)
     result = PublishResult()
     result.republished = recover_open_batches(group, store=store, queue=queue)
     while max_chunks is None or result.chunks < max_chunks:
