@@ -58,7 +58,12 @@ OBJECT_RULES: dict[str, list[Schema]] = {
             "rule": "self.minConsumers <= self.maxConsumers",
             "message": "minConsumers must not exceed maxConsumers",
             "fieldPath": ".minConsumers",
-        }
+        },
+        {
+            "rule": "self.batchSize <= self.prefetch",
+            "message": "batchSize must not exceed prefetch",
+            "fieldPath": ".batchSize",
+        },
     ],
     "RetryPolicy": [
         {

@@ -20,6 +20,17 @@ from mailpipe.errors import ConfigError, MailpipeError, ServiceUnavailableError
 log = logging.getLogger("mailpipe")
 
 
+
+def _port(text: str) -> int:
+    """Parse a TCP port number for argparse, 1 to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: expected a number from 1 to 65535") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {port}: expected a number from 1 to 65535")
+    return port
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mailpipe", description="High-volume email sending pipeline.")
     parser.add_argument("--version", action="version", version=f"mailpipe {__version__}")
@@ -53,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     consume = commands.add_parser("consume", help="send the emails of one group from its queue")
     consume.add_argument("group", help="email group, as configured under groups")
-    consume.add_argument("--metrics-port", type=int, help="serve /metrics on this port (default: monitoring.metricsPort)")
+    consume.add_argument("--metrics-port", type=_port, help="serve /metrics on this port (default: monitoring.metricsPort)")
     consume.add_argument(
         "--idle-exit", type=float, metavar="SECONDS",
         help="exit after the work queue was empty this long (emails waiting in retry queues do not count)",
@@ -64,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the whole pipeline locally as separate processes")
     run.add_argument("--interval", type=float, default=1.0, help="seconds between populate and publish runs (default 1)")
-    run.add_argument("--metrics-base-port", type=int, default=9100, help="first of the consecutive /metrics ports")
+    run.add_argument("--metrics-base-port", type=_port, default=9100, help="first of the consecutive /metrics ports")
 
     commands.add_parser("init-db", help="create the application tables in MySQL when missing (demo and tests)")
 
@@ -88,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_schedule_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--every", type=float, metavar="SECONDS", help="run again every SECONDS until stopped")
-    parser.add_argument("--metrics-port", type=int, help="with --every: serve /metrics on this port")
+    parser.add_argument("--metrics-port", type=_port, help="with --every: serve /metrics on this port")
 
 
 def configure_logging(level: str) -> None:
@@ -137,7 +148,8 @@ def dispatch(arguments: argparse.Namespace, config: Config) -> int:
         return _scheduled(arguments, "publish", job, pushgateway)
     if command == "consume":
         config.spec.group(arguments.group)  # an unknown group fails before anything starts
-        metrics.serve_metrics(arguments.metrics_port or config.spec.monitoring.metrics_port)
+        port = arguments.metrics_port if arguments.metrics_port is not None else config.spec.monitoring.metrics_port
+        metrics.serve_metrics(port)
         stop = jobs.StopFlag()
         stop.install()
         jobs.run_consumer(config, arguments.group, stop=stop, idle_exit_seconds=arguments.idle_exit)

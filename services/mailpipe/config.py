@@ -229,7 +229,10 @@ class EmailGroup(Model):
         if self.min_consumers > self.max_consumers:
             raise ValueError("minConsumers must not exceed maxConsumers")
         if self.batch_size > self.prefetch:
-            raise ValueError("batchSize must not exceed prefetch")
+            raise ValueError(
+                f"batchSize ({self.batch_size}) must not exceed prefetch ({self.prefetch}) in group"
+                f" {self.name!r}; lower batchSize or raise prefetch"
+            )
         return self
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -255,8 +256,10 @@ def test_urgent_group_has_its_own_queue(harness: Harness, smtp_sink: SinkServer)
 
 
 def test_dead_lettered_ids_are_dequeued(harness: Harness, smtp_sink: SinkServer) -> None:
-    harness = harness.with_smtp(smtp_sink.url)
-    _publish_campaign(harness, 2)
+    # Batches of 5 under a prefetch of 50: when the consumer takes the dead-lettered id, RabbitMQ
+    # has already sent it deliveries that it has not handled yet, and they must stay unacked.
+    harness = harness.with_smtp(smtp_sink.url).with_batch_size(5)
+    _publish_campaign(harness, 60)
     # What RabbitMQ does once a message exceeded its delivery limit: move it to GROUP.dead.
     queue = QueueClient(harness.config.connections.rabbitmq_url)
     poisoned = queue.get_batch(harness.group, max_count=1)[0]
@@ -266,9 +269,9 @@ def test_dead_lettered_ids_are_dequeued(harness: Harness, smtp_sink: SinkServer)
 
     harness.consume()
 
-    assert harness.statuses() == {"dequeued": 1, "sent": 1}
+    assert harness.statuses() == {"dequeued": 1, "sent": 59}
     assert "delivery limit" in harness.dequeued()[poisoned.email_id or ""]["reason"]
-    assert len(smtp_sink.messages()) == 1
+    assert len(smtp_sink.messages()) == 59
 
 
 def test_unreachable_smtp_pauses_without_using_attempts(harness: Harness, smtp_sink: SinkServer) -> None:
@@ -362,6 +365,22 @@ def test_lost_claim_answer_sends_everything_once(harness: Harness, smtp_sink: Si
     assert harness.statuses() == {"sent": 12}
     assert len(recipients) == 12
     assert len(set(recipients)) == 12
+
+
+def test_claim_of_live_batch_is_not_dequeued(harness: Harness, smtp_sink: SinkServer) -> None:
+    # SMTP timeout 5 s and batches of 10: a live consumer may hold a claim for up to 110 s.
+    harness = harness.with_smtp(smtp_sink.url).with_batch_size(10)
+    _publish_campaign(harness, 3)
+    ids = list(harness.store.emails_by_id(["c1u1", "c1u2", "c1u3"]))
+    harness.store.claim([(email_id, 1) for email_id in ids], consumer="busy-consumer")
+    claimed_at = datetime.now(UTC) - timedelta(seconds=60)
+    harness.store.claims.update_many({"consumer": "busy-consumer"}, {"$set": {"claimed_at": claimed_at}})
+
+    consumer = harness.consume(stop_when_final=False, stop_after_seconds=2)
+
+    assert harness.statuses() == {"queued": 3}
+    assert harness.dequeued() == {}
+    assert consumer.result.counts.get("recheck", 0) >= 3
 
 
 def test_unexpected_error_leaves_one_unknown(harness: Harness, smtp_sink: SinkServer) -> None:

@@ -51,7 +51,10 @@ class QueueClient:
             self._channel.confirm_delivery()
         except pika.exceptions.AMQPError as error:
             raise ServiceUnavailableError(f"cannot connect to RabbitMQ: {error!r}") from error
-        self._unacked: set[int] = set()  # delivery tags received and not yet acked or requeued
+        # Delivery tags handed out and not yet acked or requeued: from the subscription, and from
+        # basic.get. Deliveries that pika received but has not handed out yet are in neither.
+        self._consumed: set[int] = set()
+        self._fetched: set[int] = set()
         self._heartbeats_served_at = 0.0
 
     def close(self) -> None:
@@ -128,7 +131,7 @@ class QueueClient:
                     batch = []
                     continue
                 batch.append(_delivery(method, properties, body))
-                self._unacked.add(method.delivery_tag)
+                self._consumed.add(method.delivery_tag)
                 if len(batch) >= size:
                     yield batch
                     batch = []
@@ -144,7 +147,7 @@ class QueueClient:
                 if method is None:
                     break
                 deliveries.append(_delivery(method, properties, body))
-                self._unacked.add(method.delivery_tag)
+                self._fetched.add(method.delivery_tag)
         except pika.exceptions.AMQPError as error:
             raise ServiceUnavailableError(f"reading from queue {queue!r} failed: {error!r}") from error
         return deliveries
@@ -157,21 +160,29 @@ class QueueClient:
             log.warning("cancelling the consumer failed: %r", error)
 
     def ack(self, delivery_tags: Sequence[int]) -> None:
-        """Acknowledge deliveries: with one frame when they are all the unacked deliveries up to the
-        highest of them, else one by one."""
+        """Acknowledge deliveries, with one frame when that frame cannot cover any other delivery.
+
+        A multiple ack covers every delivery up to its tag. Only subscription deliveries qualify:
+        they are handed out in tag order, so those that pika has not handed out have higher tags. A
+        basic.get delivery is acked alone, since subscription deliveries not handed out yet may have
+        lower tags than it."""
         if not delivery_tags:
             return
         tags = set(delivery_tags)
         highest = max(tags)
+        single_frame = tags <= self._consumed and tags == {
+            tag for tag in self._consumed | self._fetched if tag <= highest
+        }
         try:
-            if tags == {tag for tag in self._unacked if tag <= highest}:
+            if single_frame:
                 self._channel.basic_ack(highest, multiple=True)
             else:
                 for tag in sorted(tags):
                     self._channel.basic_ack(tag)
         except pika.exceptions.AMQPError as error:
             raise ServiceUnavailableError(f"acknowledging deliveries failed: {error!r}") from error
-        self._unacked -= tags
+        self._consumed -= tags
+        self._fetched -= tags
 
     def requeue(self, delivery_tags: Sequence[int]) -> None:
         """Return deliveries to their queue unhandled (basic.nack with requeue)."""
@@ -180,7 +191,8 @@ class QueueClient:
                 self._channel.basic_nack(tag, requeue=True)
         except pika.exceptions.AMQPError as error:
             raise ServiceUnavailableError(f"returning deliveries to the queue failed: {error!r}") from error
-        self._unacked -= set(delivery_tags)
+        self._consumed -= set(delivery_tags)
+        self._fetched -= set(delivery_tags)
 
     def sleep(self, seconds: float) -> None:
         """Wait while still sending and receiving the broker's heartbeats."""

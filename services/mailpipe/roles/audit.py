@@ -156,7 +156,8 @@ def format_report(
     more_pending: bool,
 ) -> tuple[str, str]:
     """Return the subject and plain text of the summary email."""
-    subject = f"Mailpipe: {len(records)} dequeued emails (report {report_id})"
+    noun = "email" if len(records) == 1 else "emails"
+    subject = f"Mailpipe: {len(records)} dequeued {noun} (report {report_id})"
     lines = [
         f"Mailpipe report {report_id}, {reported_at:%Y-%m-%d %H:%M} UTC.",
         "",

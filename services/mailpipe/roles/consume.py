@@ -121,8 +121,9 @@ class Consumer:
         self.clock = clock
         self.draw = draw
         self.result = ConsumeResult()
-        # A claim younger than this may belong to a consumer that is still sending it.
-        self.in_flight_grace = timedelta(seconds=2 * spec.smtp.timeout_seconds + 10)
+        # A claim younger than this may belong to a consumer that is still sending its batch: each
+        # email of the batch may take up to twice the SMTP timeout.
+        self.in_flight_grace = timedelta(seconds=2 * spec.smtp.timeout_seconds * self.settings.batch_size + 10)
         self.dead_letter_check_seconds = 30.0
 
     def run(self, *, should_stop: Callable[[], bool], idle_exit_seconds: float | None = None) -> ConsumeResult:
@@ -329,10 +330,11 @@ class Consumer:
         recorded_attempts = int(document.get("attempt_count", 0))
         if document.get("status") == "retrying" and recorded_attempts == delivery.attempt:
             # This attempt failed and was recorded, but the consumer that recorded it may have
-            # stopped before publishing the next attempt. Publishing it again is harmless, since
-            # claims send each attempt at most once.
-            delay = backoff_delay_seconds(delivery.attempt, policy=self.spec.retry, random_value=self.draw())
-            work.retries.append((email_id, delivery.attempt + 1, delay))
+            # stopped before publishing the next attempt. Unless the next attempt is claimed
+            # already, it is published again: harmless, since claims send each attempt once.
+            if self.store.claim_of(email_id, delivery.attempt + 1) is None:
+                delay = backoff_delay_seconds(delivery.attempt, policy=self.spec.retry, random_value=self.draw())
+                work.retries.append((email_id, delivery.attempt + 1, delay))
             self._count("duplicate")
             return
         if document.get("status") in ("sent", "dequeued") or recorded_attempts >= delivery.attempt:
