@@ -84,8 +84,8 @@ def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 def _packed(emails: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Return the fields that hold a chunk's email copies: one BSON blob rather than a list.
 
-    FerretDB decodes every field of a document it reads or deletes, about 80 ms for a chunk of
-    1,000 copies as a list, and a blob is a single field. The copies are the publisher's own
+    FerretDB decodes every field of a document it reads or deletes: about 80 ms for a chunk of
+    1,000 copies as a list in one profile, while a blob is a single field. The copies are the publisher's own
     bookkeeping; `cron_emails` stays the place to read emails.
     """
     return {"count": len(emails), "emails_bson": Binary(b"".join(bson.encode(dict(email)) for email in emails))}
@@ -142,25 +142,9 @@ class MailStore:
         is queued again, in case an earlier run stopped between the two inserts. A chunk's `_id`
         comes from its first and last email, so the same chunk is never stored twice.
         """
-        created: list[Mapping[str, Any]] = []
-        duplicate_ids: list[str] = []
-        for batch in _batches(documents, 1000):
-            rejected: set[int] = set()
-            try:
-                self.emails.insert_many(list(batch), ordered=False)
-            except pymongo.errors.BulkWriteError as error:
-                errors = error.details.get("writeErrors", [])
-                others = [item for item in errors if item.get("code") != DUPLICATE_KEY]
-                if others:
-                    raise ServiceUnavailableError(f"inserting emails failed: {others[0].get('errmsg')}") from error
-                rejected = {int(item["index"]) for item in errors}
-            except pymongo.errors.PyMongoError as error:
-                raise ServiceUnavailableError(f"inserting emails failed: {error}") from error
-            for index, document in enumerate(batch):
-                if index in rejected:
-                    duplicate_ids.append(str(document["_id"]))
-                else:
-                    created.append(document)
+        rejected = self._insert_new(self.emails, documents, "inserting emails")
+        created = [document for index, document in enumerate(documents) if index not in rejected]
+        duplicate_ids = [str(documents[index]["_id"]) for index in sorted(rejected)]
         pending = [document for document in created if document.get("status") == "pending"]
         if duplicate_ids:
             stored = self.emails_by_id(duplicate_ids)
@@ -171,21 +155,29 @@ class MailStore:
                 {"_id": f"{chunk[0]['_id']}..{chunk[-1]['_id']}", "group": group, **_packed(chunk)}
                 for chunk in _batches(copies, chunk_size)
             ]
-            self._insert_ignoring_duplicates(self.pending(group), chunks, "queueing pending emails")
+            self._insert_new(self.pending(group), chunks, "queueing pending emails")
         return InsertCounts(created=len(created), duplicates=len(duplicate_ids))
 
-    def _insert_ignoring_duplicates(
+    def _insert_new(
         self, collection: pymongo.collection.Collection[dict[str, Any]], documents: Sequence[Mapping[str, Any]], action: str
-    ) -> None:
-        for batch in _batches(documents, 1000):
+    ) -> set[int]:
+        """Insert documents in batches of 1,000; return the indexes of those whose `_id` existed.
+
+        Any other write error raises ServiceUnavailableError naming the action."""
+        duplicates: set[int] = set()
+        for start in range(0, len(documents), 1000):
+            batch = [dict(document) for document in documents[start : start + 1000]]
             try:
-                collection.insert_many([dict(document) for document in batch], ordered=False)
+                collection.insert_many(batch, ordered=False)
             except pymongo.errors.BulkWriteError as error:
-                others = [item for item in error.details.get("writeErrors", []) if item.get("code") != DUPLICATE_KEY]
+                errors = error.details.get("writeErrors", [])
+                others = [item for item in errors if item.get("code") != DUPLICATE_KEY]
                 if others:
                     raise ServiceUnavailableError(f"{action} failed: {others[0].get('errmsg')}") from error
+                duplicates.update(start + int(item["index"]) for item in errors)
             except pymongo.errors.PyMongoError as error:
                 raise ServiceUnavailableError(f"{action} failed: {error}") from error
+        return duplicates
 
     def read_cursor(self, name: str) -> dict[str, Any] | None:
         with _translated("reading a populate cursor"):
@@ -238,9 +230,9 @@ class MailStore:
     def store_baked(self, documents: Sequence[Mapping[str, Any]]) -> list[str]:
         """Replace pending emails with their finished documents; return the ids stored.
 
-        The pending documents are deleted and the finished ones inserted: two commands for the
-        whole list, where updates would cost FerretDB about one command's work per email. Between
-        the two commands the emails are briefly absent. A publisher that stops there leaves its
+        The pending documents are deleted and the finished ones inserted. That is two commands for
+        the whole list, where updates would cost FerretDB about one command's work per email.
+        Between the two commands the emails are briefly absent. A publisher that stops there leaves its
         journal in `publish_batches`, and the next run inserts them again from the chunk. An email
         that is no longer pending (handled by an earlier run) is left alone and not returned.
         """
@@ -249,17 +241,7 @@ class MailStore:
         ids = [str(document["_id"]) for document in documents]
         with _translated("storing rendered emails"):
             self.emails.delete_many({"_id": {"$in": ids}, "status": "pending"})
-        present: set[str] = set()
-        try:
-            self.emails.insert_many([dict(document) for document in documents], ordered=False)
-        except pymongo.errors.BulkWriteError as error:
-            errors = error.details.get("writeErrors", [])
-            others = [item for item in errors if item.get("code") != DUPLICATE_KEY]
-            if others:
-                raise ServiceUnavailableError(f"storing rendered emails failed: {others[0].get('errmsg')}") from error
-            present = {ids[int(item["index"])] for item in errors}
-        except pymongo.errors.PyMongoError as error:
-            raise ServiceUnavailableError(f"storing rendered emails failed: {error}") from error
+        present = {ids[index] for index in self._insert_new(self.emails, documents, "storing rendered emails")}
         # Present again already: populate inserted it anew (pending) in the gap, or it was not
         # pending when deleted. Only a pending one is replaced.
         replaced: set[str] = set()
@@ -286,17 +268,7 @@ class MailStore:
             {"_id": f"{email_id}#{attempt}", "email_id": email_id, "attempt": attempt, "consumer": consumer, "claimed_at": now}
             for email_id, attempt in keys
         ]
-        lost: set[str] = set()
-        for batch in _batches(documents, 1000):
-            try:
-                self.claims.insert_many(list(batch), ordered=False)
-            except pymongo.errors.BulkWriteError as error:
-                for item in error.details.get("writeErrors", []):
-                    if item.get("code") != DUPLICATE_KEY:
-                        raise ServiceUnavailableError(f"claiming emails failed: {item.get('errmsg')}") from error
-                    lost.add(batch[item["index"]]["_id"])
-            except pymongo.errors.PyMongoError as error:
-                raise ServiceUnavailableError(f"claiming emails failed: {error}") from error
+        lost = {str(documents[index]["_id"]) for index in self._insert_new(self.claims, documents, "claiming emails")}
         return {key for key in keys if f"{key[0]}#{key[1]}" not in lost}
 
     def claim_of(self, email_id: str, attempt: int) -> dict[str, Any] | None:
@@ -304,8 +276,8 @@ class MailStore:
             return self.claims.find_one({"_id": f"{email_id}#{attempt}"})
 
     def release_claims(self, keys: Sequence[tuple[str, int]], *, consumer: str) -> None:
-        """Drop a consumer's claims whose emails were certainly not sent, so that a later delivery
-        can send them. Claims that another consumer holds stay."""
+        """Delete a consumer's claims whose emails were certainly not sent, so that a later delivery
+        can send them. Claims that belong to another consumer are kept."""
         if not keys:
             return
         ids = [f"{email_id}#{attempt}" for email_id, attempt in keys]
@@ -315,9 +287,9 @@ class MailStore:
     def emails_by_id(self, email_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Return the documents of the given ids that exist, by id."""
         found: dict[str, dict[str, Any]] = {}
-        wanted = list(dict.fromkeys(email_ids))
+        unique_ids = list(dict.fromkeys(email_ids))
         with _translated("reading emails"):
-            for batch in _batches(wanted, 1000):
+            for batch in _batches(unique_ids, 1000):
                 for document in self.emails.find({"_id": {"$in": list(batch)}}):
                     found[str(document["_id"])] = document
         return found
