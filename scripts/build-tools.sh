@@ -73,7 +73,7 @@ build_ferretdb() {
     # - The update command closed each statement's iterator only when the whole command ended,
     #   holding one pooled SQLite connection per statement. Concurrent bulk updates used up the
     #   pool of 100 and deadlocked the server. Each statement now reads its documents and closes
-    #   the read before writing: an open read also kept SQLite's checkpoints from resetting the
+    #   the read before writing. An open read also kept SQLite's checkpoints from resetting the
     #   write-ahead log, which grew without end (200 MB in 15 s) while each commit got slower.
     # - Only a filter of exactly `{_id: value}` used the _id index. Now `{_id: {$in: [...]}}` does
     #   too, with or without other conditions beside it, so that a consumer reads a batch of

@@ -206,7 +206,7 @@ def run_campaign(config: Config, mysql_url: str, mongodb_url: str, *, emails: in
     if campaign is None:
         raise RuntimeError("the benchmark campaign sent nothing; see the logs")
     # From the campaign's due time to the last of its emails to reach a final state, read from the
-    # documents, so that how often this loop looks does not change the figure.
+    # documents, so that the polling interval of this loop does not change the figure.
     handled = campaign.sent + campaign.dequeued
     elapsed = campaign.seconds
     end_to_end = handled / elapsed

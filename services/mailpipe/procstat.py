@@ -25,7 +25,8 @@ def cpu_seconds(pid: int) -> float:
     fields = _stat_fields(pid)
     if fields is None:
         return 0.0
-    # After the command name: state, ppid, ..., utime is the 12th field and stime the 13th.
+    # utime and stime are fields 14 and 15 of /proc/PID/stat (proc(5)), so 11 and 12 from zero
+    # after the command name.
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 

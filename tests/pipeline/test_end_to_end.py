@@ -89,7 +89,7 @@ class _StopsBeforeRetry(QueueClient):
         super().publish_ids(queue, email_ids, **options)
 
 
-def test_retry_lost_with_consumer_is_published_again(harness: Harness, faulty_smtp: Any) -> None:
+def test_lost_retry_is_published_again(harness: Harness, faulty_smtp: Any) -> None:
     server: FaultySmtpServer = faulty_smtp(fail_first=1)
     harness = harness.with_smtp(server.url).with_batch_size(1)
     _publish_campaign(harness, 1)
@@ -314,6 +314,17 @@ def _unknown(harness: Harness) -> set[str]:
     return {email_id for email_id, document in harness.dequeued().items() if "outcome unknown" in document["reason"]}
 
 
+def _crash_then_recover(
+    harness: Harness, smtp_sink: SinkServer, error: type[BaseException], **crash_options: Any
+) -> list[str]:
+    """Consume until `error` stops the consumer, consume again with a short grace period, and
+    return the recipients of every message the sink received."""
+    with pytest.raises(error):
+        harness.consume(**crash_options)
+    harness.consume(grace_seconds=0.5)
+    return [str(message["To"]) for message in smtp_sink.messages()]
+
+
 # (batch size, emails of the dying batch that the server had accepted)
 @pytest.mark.parametrize(("batch_size", "accepted_in_batch"), [(1, 1), (5, 4)])
 def test_consumer_death_leaves_its_batch_unknown(
@@ -321,14 +332,11 @@ def test_consumer_death_leaves_its_batch_unknown(
 ) -> None:
     harness = harness.with_smtp(smtp_sink.url).with_batch_size(batch_size)
     _publish_campaign(harness, 12)
-    # KeyboardInterrupt stands for a process killed outright: no handler of the consumer runs.
+    # KeyboardInterrupt simulates a process killed outright: no handler of the consumer runs.
     death = _FailsAfterAcceptance(smtp_sink.url, fail_on=4, error=KeyboardInterrupt("simulated kill"))
 
-    with pytest.raises(KeyboardInterrupt):
-        harness.consume(transport=death)
-    harness.consume(grace_seconds=0.5)
+    recipients = _crash_then_recover(harness, smtp_sink, KeyboardInterrupt, transport=death)
 
-    recipients = [str(message["To"]) for message in smtp_sink.messages()]
     assert len(_unknown(harness)) == batch_size
     assert harness.statuses() == {"sent": 12 - batch_size, "dequeued": batch_size}
     assert len(recipients) == 12 - batch_size + accepted_in_batch
@@ -336,7 +344,7 @@ def test_consumer_death_leaves_its_batch_unknown(
 
 
 class _ClaimAnswerLost:
-    """A store whose first claim is stored but answered with an error, as when MongoDB fails over."""
+    """A store whose first claim is stored but then raises, as when MongoDB fails over mid-reply."""
 
     def __init__(self, store: MailStore) -> None:
         self.store = store
@@ -357,18 +365,15 @@ def test_lost_claim_answer_sends_everything_once(harness: Harness, smtp_sink: Si
     harness = harness.with_smtp(smtp_sink.url)
     _publish_campaign(harness, 12)
 
-    with pytest.raises(ServiceUnavailableError):
-        harness.consume(store=_ClaimAnswerLost(harness.store))
-    harness.consume(grace_seconds=0.5)
+    recipients = _crash_then_recover(harness, smtp_sink, ServiceUnavailableError, store=_ClaimAnswerLost(harness.store))
 
-    recipients = [str(message["To"]) for message in smtp_sink.messages()]
     assert harness.statuses() == {"sent": 12}
     assert len(recipients) == 12
     assert len(set(recipients)) == 12
 
 
-def test_claim_of_live_batch_is_not_dequeued(harness: Harness, smtp_sink: SinkServer) -> None:
-    # SMTP timeout 5 s and batches of 10: a live consumer may hold a claim for up to 110 s.
+def test_live_batch_claim_not_dequeued(harness: Harness, smtp_sink: SinkServer) -> None:
+    # SMTP timeout 5 s and batches of 10: a live consumer may still be sending for up to 110 s.
     harness = harness.with_smtp(smtp_sink.url).with_batch_size(10)
     _publish_campaign(harness, 3)
     ids = list(harness.store.emails_by_id(["c1u1", "c1u2", "c1u3"]))
@@ -388,11 +393,8 @@ def test_unexpected_error_leaves_one_unknown(harness: Harness, smtp_sink: SinkSe
     _publish_campaign(harness, 12)
     failing = _FailsAfterAcceptance(smtp_sink.url, fail_on=4, error=RuntimeError("simulated bug"))
 
-    with pytest.raises(RuntimeError):
-        harness.consume(transport=failing)
-    harness.consume(grace_seconds=0.5)
+    recipients = _crash_then_recover(harness, smtp_sink, RuntimeError, transport=failing)
 
-    recipients = [str(message["To"]) for message in smtp_sink.messages()]
     assert len(_unknown(harness)) == 1
     assert harness.statuses() == {"sent": 11, "dequeued": 1}
     # The unknown one did reach the server, once: every email arrived exactly once.

@@ -204,7 +204,8 @@ class QueueClient:
     def serve_heartbeats(self) -> None:
         """Process pending heartbeats so that long work between batches does not drop the connection.
 
-        Calls within a second of the last one return at once: heartbeats come every few seconds."""
+        Calls within a second of the last one return at once, well inside the heartbeat timeout
+        (30 s by default)."""
         now = time.monotonic()
         if now - self._heartbeats_served_at < 1.0:
             return

@@ -205,8 +205,8 @@ class Consumer:
                 self.queue.requeue([later.delivery_tag for later, _ in candidates[index:]])
                 raise
             except Exception:
-                # An unexpected error, or RabbitMQ gone: keep what is known, so that at most this
-                # email ends up with an unknown outcome instead of the whole batch.
+                # An unexpected error or a lost RabbitMQ connection: keep what is known, so that at
+                # most this email ends up with an unknown outcome instead of the whole batch.
                 self._keep_known(work, [key for key in keys[index + 1 :] if key in claimed])
                 raise
         self._apply(work)
@@ -223,7 +223,7 @@ class Consumer:
     def _sendable(
         self, delivery: Delivery, documents: dict[str, dict[str, Any]], seen: set[tuple[str, int]]
     ) -> dict[str, Any] | None:
-        """Return the document to send for a delivery, or None when the delivery needs no send."""
+        """Return the document to send for a delivery, or None when there is nothing to send."""
         email_id = delivery.email_id
         if email_id is None:
             log.warning("consume: dropping malformed message %r from queue %s", delivery.raw_body, self.group)
